@@ -1,0 +1,210 @@
+// Fused CPU kernels.
+//
+// lmhead_topk, per row b:   z_v = h_b . W_v                      (v = 0..V-1, never stored as [B, V])
+//   lse_b = m + log(sum_v exp(z_v - m)),  m = max_v z_v             (log-sum-exp, merged across V-chunks:
+//   chunk c contributes (m_c, s_c) and  s = sum_c s_c * exp(m_c - m))
+//   top-k of z by (value desc, id asc); logprob = z - lse_b.
+// Work split: V is cut into chunks of kChunkRows W rows; each OpenMP task streams one chunk once for all
+// B rows (the W row stays in L1 while it is dotted with every h_b) and keeps per-(chunk, row) partials;
+// a second stage merges partials per row.
+//
+// score_select, per row b with u = slot_b:
+//   r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
+//   greedy: first argmax of s;  sample: p_j = exp((s_j - max s) / tau), the first j with
+//   cumsum(p)_j > rand_b * sum(p)  (same arithmetic as reference.inverse_cdf_choice).
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace rgd {
+namespace cpu {
+namespace {
+
+constexpr int64_t kChunkRows = 256;  // 256 rows x d=576 x 4 B = 590 KB of W per task
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline float to_float(float x) { return x; }
+inline float to_float(BFloat16 x) {
+  uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// omp simd reduction lets the compiler split the sum into SIMD lanes without -ffast-math.
+template <typename T>
+inline float dot(const float* a, const T* b, int64_t d) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < d; ++i) acc += a[i] * to_float(b[i]);
+  return acc;
+}
+
+template <typename T>
+inline float dot2(const T* a, const T* b, int64_t d) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < d; ++i) acc += to_float(a[i]) * to_float(b[i]);
+  return acc;
+}
+
+// Sorted (value desc, id asc) list of at most `cap` entries. Values arrive in ascending id order, so an
+// equal value never displaces an earlier one: insertion is strict.
+struct TopK {
+  float* val;
+  int64_t* id;
+  int64_t cap;
+  int64_t n = 0;
+
+  inline void push(float x, int64_t i) {
+    if (n == cap) {
+      if (!(x > val[n - 1])) return;
+      --n;
+    }
+    int64_t pos = n;
+    while (pos > 0 && val[pos - 1] < x) {
+      val[pos] = val[pos - 1];
+      id[pos] = id[pos - 1];
+      --pos;
+    }
+    val[pos] = x;
+    id[pos] = i;
+    ++n;
+  }
+};
+
+// (max, sum exp(z - max)) of one chunk of logits; an all -inf chunk gives (-inf, 0).
+inline void chunk_lse(const float* z, int64_t n, float* m_out, float* s_out) {
+  float m = kNegInf;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, z[i]);
+  double s = 0.0;
+  if (m != kNegInf) {
+    for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(z[i] - m));
+  }
+  *m_out = m;
+  *s_out = static_cast<float>(s);
+}
+
+inline bool before(float va, int64_t ia, float vb, int64_t ib) { return va > vb || (va == vb && ia < ib); }
+
+}  // namespace
+
+template <typename T>
+void lmhead_topk(const float* hidden, const T* weight, int64_t B, int64_t V, int64_t d, int64_t k,
+                 float* logprob, int64_t* ids, float* lse) {
+  const int64_t n_chunks = (V + kChunkRows - 1) / kChunkRows;
+  const int64_t kc = std::min(k, kChunkRows);  // a chunk can contribute at most kc candidates
+  // partials indexed [chunk, b]
+  std::vector<float> part_m(n_chunks * B), part_s(n_chunks * B), part_val(n_chunks * B * kc);
+  std::vector<int64_t> part_id(n_chunks * B * kc), part_n(n_chunks * B);
+
+#pragma omp parallel
+  {
+    std::vector<float> tile(B * kChunkRows);  // [B, kChunkRows] logits of one chunk
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t v0 = c * kChunkRows, len = std::min(kChunkRows, V - v0);
+      for (int64_t r = 0; r < len; ++r) {
+        const T* w = weight + (v0 + r) * d;
+        for (int64_t b = 0; b < B; ++b) tile[b * kChunkRows + r] = dot(hidden + b * d, w, d);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        const float* z = tile.data() + b * kChunkRows;
+        const int64_t p = c * B + b;
+        chunk_lse(z, len, &part_m[p], &part_s[p]);
+        TopK top{part_val.data() + p * kc, part_id.data() + p * kc, std::min(kc, len)};
+        for (int64_t r = 0; r < len; ++r) top.push(z[r], v0 + r);
+        part_n[p] = top.n;
+      }
+    }
+
+    // Stage 2: merge the chunk partials of each row.
+    std::vector<std::pair<float, int64_t>> cand;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      float m = kNegInf;
+      for (int64_t c = 0; c < n_chunks; ++c) m = std::max(m, part_m[c * B + b]);
+      double s = 0.0;
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        const float mc = part_m[c * B + b];
+        if (mc != kNegInf) s += static_cast<double>(part_s[c * B + b]) * std::exp(static_cast<double>(mc - m));
+      }
+      const float row_lse = m == kNegInf ? kNegInf : static_cast<float>(static_cast<double>(m) + std::log(s));
+      lse[b] = row_lse;
+
+      cand.clear();
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        const int64_t p = c * B + b;
+        for (int64_t i = 0; i < part_n[p]; ++i) cand.emplace_back(part_val[p * kc + i], part_id[p * kc + i]);
+      }
+      std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [](const auto& x, const auto& y) {
+        return before(x.first, x.second, y.first, y.second);
+      });
+      for (int64_t j = 0; j < k; ++j) {
+        logprob[b * k + j] = cand[j].first - row_lse;
+        ids[b * k + j] = cand[j].second;
+      }
+    }
+  }
+}
+
+template <typename T>
+void score_select(const T* cand_hidden, const T* bank_w, const float* bank_b, const int64_t* slot,
+                  const float* logprob, const float* weight, int64_t B, int64_t k, int64_t d, bool sample,
+                  float tau, const float* rand, int64_t* chosen, float* scores, float* rewards) {
+  // Threads only pay off for big batches; a decode step (B <= 16, k = 10) runs in microseconds.
+#pragma omp parallel for schedule(static) if (B * k * d >= (1 << 18))
+  for (int64_t b = 0; b < B; ++b) {
+    float* s = scores + b * k;
+    float* r = rewards + b * k;
+    const int64_t u = slot[b];
+    for (int64_t j = 0; j < k; ++j) {
+      r[j] = u < 0 ? 0.f : dot2(cand_hidden + (b * k + j) * d, bank_w + u * d, d) + bank_b[u];
+      s[j] = logprob[b * k + j] + weight[b] * r[j];
+    }
+    int64_t best = 0;
+    for (int64_t j = 1; j < k; ++j)
+      if (s[j] > s[best]) best = j;
+    if (sample) {
+      const float m = s[best];
+      // Same arithmetic as the reference: float exp of (s - m) / tau, cumsum accumulated in double and
+      // rounded to float per element (torch's CPU cumsum), target = rand * total in float.
+      std::vector<float> c(k);
+      double acc = 0.0;
+      int64_t last_nonzero = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        const float p = std::exp((s[j] - m) / tau);
+        if (p > 0.f) last_nonzero = j;
+        acc += p;
+        c[j] = static_cast<float>(acc);
+      }
+      const float target = rand[b] * c[k - 1];
+      best = last_nonzero;  // rounding can leave no hit: take the last non-zero candidate
+      for (int64_t j = 0; j < k; ++j) {
+        if (c[j] > target) {
+          best = j;
+          break;
+        }
+      }
+    }
+    chosen[b] = best;
+  }
+}
+
+template void lmhead_topk<float>(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t*,
+                                 float*);
+template void lmhead_topk<BFloat16>(const float*, const BFloat16*, int64_t, int64_t, int64_t, int64_t, float*,
+                                    int64_t*, float*);
+template void score_select<float>(const float*, const float*, const float*, const int64_t*, const float*,
+                                  const float*, int64_t, int64_t, int64_t, bool, float, const float*, int64_t*,
+                                  float*, float*);
+template void score_select<BFloat16>(const BFloat16*, const BFloat16*, const float*, const int64_t*, const float*,
+                                     const float*, int64_t, int64_t, int64_t, bool, float, const float*, int64_t*,
+                                     float*, float*);
+
+}  // namespace cpu
+}  // namespace rgd

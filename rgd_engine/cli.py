@@ -1,0 +1,65 @@
+"""`rgd-generate`: decode one prompt, plain or reward-guided, and print only the continuation (or JSON)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .config import EngineConfig, GenerationConfig
+from .errors import RGDError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rgd-generate", description=__doc__)
+    p.add_argument("--model", default="demo", help="'demo' (SmolLM2-135M-Instruct), an HF model directory or a .gguf file")
+    p.add_argument("--prompt", required=True, help="prompt text (used raw unless --chat)")
+    p.add_argument("--reward-model", default=None, help="separate reward backbone (same tokenizer); default: shared trunk")
+    p.add_argument("--heads", default=None, help="head bank (.safetensors) with per-user reward heads")
+    p.add_argument("--user", default=None, help="user id whose head guides decoding (needs --heads)")
+    p.add_argument("-k", type=int, default=10, help="ARGS candidates per step (top-k of the policy)")
+    p.add_argument("-w", "--weight", type=float, default=1.0, help="ARGS reward weight w")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--stop", nargs="*", default=[], help="stop strings (the continuation is cut before them)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="plain sampling: keep the top-k tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--backend", default=None, help="kernel backend (default: $RGD_BACKEND or auto)")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of the bare continuation")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    if args.user is not None and args.heads is None:
+        print("rgd-generate: --user needs --heads BANK.safetensors", file=sys.stderr)
+        return 2
+    from .engine import Engine
+
+    try:
+        engine = Engine.from_config(EngineConfig(model=args.model, reward_model=args.reward_model, heads=args.heads,
+                                                 device=args.device, dtype=args.dtype), backend=args.backend)
+        gen = GenerationConfig(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), k=args.k, weight=args.weight,
+                               sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               seed=args.seed)
+        out = engine.generate([args.prompt], users=[args.user], config=gen, chat=args.chat)[0]
+    except (RGDError, ValueError) as e:
+        print(f"rgd-generate: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
+                          "user": args.user, "k": args.k, "w": args.weight, "model": args.model,
+                          "reward_model": args.reward_model, "sample": args.sample, "seed": args.seed}))
+    else:
+        print(out.text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The two hot ops of a reward-guided decode step, behind backend dispatch (see dispatch.py)."""
+from .dispatch import (  # noqa: F401
+    BACKENDS,
+    BackendUnavailable,
+    available_backends,
+    lmhead_topk,
+    resolve_backend,
+    score_select,
+)
+from .reference import GREEDY, SAMPLE  # noqa: F401

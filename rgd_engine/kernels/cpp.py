@@ -1,0 +1,61 @@
+"""C++ CPU backend: thin wrapper over the OpenMP kernels in `rgd_engine._C` (csrc/cpu).
+
+The wrapper normalizes dtypes/layout (small tensors only; W is passed as is when float32 or bfloat16) and
+allocates the outputs; `out=` lets a caller (or a test) supply preallocated outputs instead.
+"""
+from __future__ import annotations
+
+import torch
+
+from .reference import SAMPLE
+
+try:
+    from rgd_engine import _C
+    _IMPORT_ERROR = None
+except ImportError as e:  # not built: availability() says so, dispatch raises or falls back
+    _C = None
+    _IMPORT_ERROR = e
+
+_NATIVE = (torch.float32, torch.bfloat16)
+
+
+def availability(device_type: str):
+    if _C is None:
+        return (f"extension rgd_engine._C is not importable ({_IMPORT_ERROR}); build it with "
+                "`pip install --no-build-isolation -e .`")
+    if device_type != "cpu":
+        return f"the C++ backend runs on CPU tensors only, not {device_type}"
+    return None
+
+
+def _matrix(t: torch.Tensor) -> torch.Tensor:
+    # float16 and others are widened exactly to float32 (a copy); float32 / bfloat16 go through untouched.
+    return (t if t.dtype in _NATIVE else t.float()).contiguous()
+
+
+def lmhead_topk(hidden, weight, k, out=None):
+    # hidden [B, d], weight [V, d] -> logprob [B, k], ids [B, k], lse [B]
+    B = hidden.shape[0]
+    if out is None:
+        out = (torch.empty(B, k), torch.empty(B, k, dtype=torch.int64), torch.empty(B))
+    logprob, ids, lse = out
+    _C.lmhead_topk_out(hidden.float().contiguous(), _matrix(weight), int(k), logprob, ids, lse)
+    return logprob, ids, lse
+
+
+def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, rand, out=None):
+    # cand_hidden [B, k, d], bank_w [U, d], bank_b [U], slot [B], logprob [B, k], weight [B], rand [B]
+    B, k, _ = cand_hidden.shape
+    if cand_hidden.dtype == bank_w.dtype:
+        cand_hidden, bank_w = _matrix(cand_hidden), _matrix(bank_w)
+    else:
+        cand_hidden, bank_w = cand_hidden.float().contiguous(), bank_w.float().contiguous()
+    sample = mode == SAMPLE
+    rand = rand.float().contiguous() if sample else torch.empty(0)
+    if out is None:
+        out = (torch.empty(B, dtype=torch.int64), torch.empty(B, k), torch.empty(B, k))
+    chosen, scores, rewards = out
+    _C.score_select_out(cand_hidden, bank_w, bank_b.float().contiguous(), slot.long().contiguous(),
+                        logprob.float().contiguous(), weight.float().contiguous(), sample, float(tau), rand,
+                        chosen, scores, rewards)
+    return chosen, scores, rewards

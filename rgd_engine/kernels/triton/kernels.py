@@ -1,0 +1,132 @@
+"""Triton kernels of the two hot ops (run on GPU, or on CPU under TRITON_INTERPRET=1).
+
+Launch configuration and buffer allocation live in launch.py; this module only holds the kernels.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def lmhead_partial_kernel(h_ptr, w_ptr, part_m_ptr, part_s_ptr, part_v_ptr, part_i_ptr, B, V, D, KC,
+                          BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Stage 1 of lmhead_topk: one program = one V-block x one B-block.
+
+    z[b, v] = h[b] . W[v]                    (a [BLOCK_B, BLOCK_V] tile, never written to memory)
+    m_c[b] = max_v z,  s_c[b] = sum_v exp(z - m_c)   -> part_m/part_s [B, NB]
+    top-KC of z per row by (value desc, id asc), KC rounds of "take the max, lowest id among equals"
+                                              -> part_v/part_i [B, NB, KC] (id -1 = no entry)
+    """
+    pid_v = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    nb = tl.num_programs(0)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    row_ok = offs_b < B
+    v_ok = offs_v < V
+    acc = tl.zeros([BLOCK_B, BLOCK_V], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        h = tl.load(h_ptr + offs_b.to(tl.int64)[:, None] * D + offs_d[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs_v.to(tl.int64)[:, None] * D + offs_d[None, :],
+                    mask=v_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        # ieee: full fp32 products (tf32 would miss the 1e-5 parity with the reference)
+        acc += tl.dot(h, tl.trans(w), input_precision="ieee")
+    neg_inf = float("-inf")
+    taken = (offs_b[:, None] < 0) | (~v_ok[None, :])  # [BLOCK_B, BLOCK_V]; padding counts as taken
+    z = tl.where(taken, neg_inf, acc)
+    m = tl.max(z, axis=1)
+    m_safe = tl.where(m == neg_inf, 0.0, m)  # an all -inf block gives (-inf, 0), not NaN
+    s = tl.sum(tl.exp(z - m_safe[:, None]), axis=1)
+    part = offs_b.to(tl.int64) * nb + pid_v  # [BLOCK_B] index into [B, NB]
+    tl.store(part_m_ptr + part, m, mask=row_ok)
+    tl.store(part_s_ptr + part, s, mask=row_ok)
+    big = 2147483647
+    for r in range(0, KC):
+        zr = tl.where(taken, neg_inf, z)
+        mr = tl.max(zr, axis=1)
+        idx = tl.min(tl.where((~taken) & (zr == mr[:, None]), offs_v[None, :], big), axis=1)
+        found = idx < big
+        tl.store(part_v_ptr + part * KC + r, tl.where(found, mr, neg_inf), mask=row_ok)
+        tl.store(part_i_ptr + part * KC + r, tl.where(found, idx, -1).to(tl.int64), mask=row_ok)
+        taken = taken | (offs_v[None, :] == idx[:, None])
+
+
+@triton.jit
+def lmhead_merge_kernel(part_m_ptr, part_s_ptr, part_v_ptr, part_i_ptr, logprob_ptr, ids_ptr, lse_ptr, NB, KC, K,
+                        BLOCK_NB: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Stage 2 of lmhead_topk: one program = one row b.
+
+    m = max_c m_c,  lse = m + log(sum_c s_c * exp(m_c - m))
+    top-K over the NB * KC partial candidates by (value desc, id asc); logprob = value - lse.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    neg_inf = float("-inf")
+    offs_nb = tl.arange(0, BLOCK_NB)
+    m_c = tl.load(part_m_ptr + b * NB + offs_nb, mask=offs_nb < NB, other=neg_inf)
+    s_c = tl.load(part_s_ptr + b * NB + offs_nb, mask=offs_nb < NB, other=0.0)
+    m = tl.max(m_c, axis=0)
+    m_safe = tl.where(m == neg_inf, 0.0, m)
+    s = tl.sum(s_c * tl.exp(m_c - m_safe), axis=0)
+    lse = tl.where(m == neg_inf, neg_inf, m + tl.log(s))
+    tl.store(lse_ptr + b, lse)
+    n = NB * KC
+    offs_c = tl.arange(0, BLOCK_C)
+    v = tl.load(part_v_ptr + b * n + offs_c, mask=offs_c < n, other=neg_inf)
+    ids = tl.load(part_i_ptr + b * n + offs_c, mask=offs_c < n, other=-1)
+    taken = ids < 0
+    big = 9223372036854775807
+    for r in range(0, K):
+        vr = tl.where(taken, neg_inf, v)
+        mr = tl.max(vr, axis=0)
+        best = tl.min(tl.where((~taken) & (vr == mr), ids, big), axis=0)
+        tl.store(logprob_ptr + b * K + r, mr - lse)
+        tl.store(ids_ptr + b * K + r, best)
+        taken = taken | (ids == best)
+
+
+@triton.jit
+def score_select_kernel(cand_ptr, bank_w_ptr, bank_b_ptr, slot_ptr, logprob_ptr, weight_ptr, rand_ptr,
+                        chosen_ptr, scores_ptr, rewards_ptr, K, D, tau,
+                        SAMPLE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """ARGS score + select, one program = one row b with head u = slot[b].
+
+    r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
+    greedy: first argmax of s.  sample: p_j = exp((s_j - max s) / tau), chosen = first j with
+    cumsum(p)_j > rand_b * sum(p); no hit (rounding) -> last j with p_j > 0.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_ok = offs_k < K
+    u = tl.load(slot_ptr + b)
+    has_head = u >= 0
+    u_safe = tl.where(has_head, u, 0)
+    acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        c = tl.load(cand_ptr + (b * K + offs_k[:, None]) * D + offs_d[None, :],
+                    mask=k_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_D]
+        w = tl.load(bank_w_ptr + u_safe * D + offs_d, mask=d_ok, other=0.0).to(tl.float32)  # [BLOCK_D]
+        acc += tl.sum(c * w[None, :], axis=1)
+    bias = tl.load(bank_b_ptr + u_safe).to(tl.float32)
+    r = tl.where(has_head, acc + bias, 0.0)
+    lp = tl.load(logprob_ptr + b * K + offs_k, mask=k_ok, other=0.0)
+    s = lp + tl.load(weight_ptr + b) * r
+    tl.store(rewards_ptr + b * K + offs_k, r, mask=k_ok)
+    tl.store(scores_ptr + b * K + offs_k, s, mask=k_ok)
+    neg_inf = float("-inf")
+    s = tl.where(k_ok, s, neg_inf)
+    m = tl.max(s, axis=0)
+    big = 2147483647
+    if SAMPLE:
+        p = tl.where(k_ok, tl.exp((s - m) / tau), 0.0)
+        c = tl.cumsum(p, axis=0)
+        target = tl.load(rand_ptr + b) * tl.max(c, axis=0)  # cumsum of p >= 0: its max is the total
+        first_hit = tl.min(tl.where((c > target) & k_ok, offs_k, big), axis=0)
+        last_nonzero = tl.max(tl.where((p > 0) & k_ok, offs_k, 0), axis=0)
+        idx = tl.where(first_hit < big, first_hit, last_nonzero)
+    else:
+        idx = tl.min(tl.where((s == m) & k_ok, offs_k, big), axis=0)
+    tl.store(chosen_ptr + b, idx.to(tl.int64))

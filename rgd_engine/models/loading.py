@@ -1,0 +1,64 @@
+"""Load a causal LM + tokenizer from an HF directory, a GGUF file, or the embedded demo model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from .causal_lm import CausalLM
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype.lower()]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
+
+
+def _load_hf(path: Path, gguf_file: str | None, dtype: torch.dtype, attn_implementation: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), **kw)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=attn_implementation, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load causal LM from {path / gguf_file if gguf_file else path}: {e}") from e
+    return model, tok
+
+
+def load_causal_lm(spec: str, dtype: str | torch.dtype = "float32", device: str = "cpu",
+                   attn_implementation: str = "sdpa") -> CausalLM:
+    """spec: 'demo', a local HF model directory, or a .gguf file path."""
+    torch_dtype = parse_dtype(dtype)
+    if spec == "demo":
+        from .demo import demo_model_dir
+
+        path, gguf = demo_model_dir(), None
+    elif spec.endswith(".gguf"):
+        p = Path(spec)
+        if not p.is_file():
+            raise ModelLoadError(f"GGUF file {spec!r} does not exist")
+        path, gguf = p.parent, p.name
+    else:
+        path, gguf = Path(spec), None
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelLoadError(f"model {spec!r} is neither 'demo', a .gguf file, nor a directory with config.json")
+    model, tok = _load_hf(path, gguf, torch_dtype, attn_implementation)
+    if device != "cpu":
+        model = model.to(device)
+    if tok.pad_token_id is None:
+        # Padding positions are masked out; any id works, EOS is the usual choice.
+        tok.pad_token = tok.eos_token
+    return CausalLM(model, tok, name=spec)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RGD_CACHE", Path.home() / ".cache" / "rgd_engine"))

@@ -1,0 +1,237 @@
+"""Every available kernel backend against the independent torch reference (float64 where useful).
+
+Inputs are fresh random tensors in every test. Device: env RGD_TEST_DEVICE (default cpu). The fused
+backends (cpp, triton, cuda) and the torch backend run the full shape grid except triton on CPU, which runs in
+the interpreter and gets a subset (INTERP_GRID, INTERP_SCORE_GRID) that still covers every listed value of B, V, d and k.
+"""
+import itertools
+import math
+import os
+
+import pytest
+import torch
+
+from rgd_engine.kernels import dispatch, reference
+
+BACKENDS = ("torch", "cpp", "triton", "cuda")
+FUSED = ("cpp", "triton", "cuda")
+B_S, V_S, D_S, K_S = (1, 3, 17), (111, 1000, 49152), (64, 576), (1, 4, 10, 64)
+GRID = list(itertools.product(B_S, V_S, D_S, K_S))
+# Interpreter subset: each value of each dimension appears at least once; the big vocabulary with small d.
+INTERP_GRID = [(1, 49152, 64, 10), (3, 1000, 576, 64), (17, 111, 64, 1), (3, 111, 576, 4), (17, 1000, 64, 10)]
+RTOL = 1e-5
+INTERPRETED = os.environ.get("RGD_TEST_DEVICE", "cpu") == "cpu"  # triton runs in the interpreter
+
+
+def backend_module(name, device):
+    reason = dispatch.unavailable_reason(name, device.type)
+    if reason is not None:
+        pytest.skip(f"{name} on {device.type}: {reason}")
+    return dispatch._load(name)
+
+
+def lmhead_cases():
+    for name in BACKENDS:
+        for case in INTERP_GRID if name == "triton" and INTERPRETED else GRID:
+            yield pytest.param(name, *case, id=f"{name}-B{case[0]}-V{case[1]}-d{case[2]}-k{case[3]}")
+
+
+def _tol(scale):
+    # fp32 accumulation over d terms: RTOL relative to the magnitude of the logits involved.
+    return RTOL * max(1.0, float(scale))
+
+
+def check_lmhead(hidden, weight, k, logprob, ids, lse):
+    """Compare a backend's outputs with the float64 reference; near-ties may swap ids, nothing else may."""
+    B = hidden.shape[0]
+    logits = hidden.double().cpu() @ weight.double().cpu().t()  # [B, V]
+    lse64 = torch.logsumexp(logits, dim=-1)  # [B]
+    ref_vals = torch.sort(logits, dim=-1, descending=True, stable=True)
+    logprob, ids, lse = logprob.cpu(), ids.cpu(), lse.cpu()
+    assert logprob.dtype == torch.float32 and ids.dtype == torch.int64 and lse.dtype == torch.float32
+    assert logprob.shape == (B, k) and ids.shape == (B, k) and lse.shape == (B,)
+    tol = _tol(logits.abs().max())
+    torch.testing.assert_close(lse.double(), lse64, rtol=RTOL, atol=tol)
+    top = ref_vals.values[:, :k] - lse64[:, None]  # [B, k]
+    torch.testing.assert_close(logprob.double(), top, rtol=RTOL, atol=2 * tol)
+    assert bool((logprob[:, 1:] <= logprob[:, :-1]).all()), "logprob must be sorted descending"
+    assert bool(((ids >= 0) & (ids < weight.shape[0])).all())
+    for b in range(B):
+        assert len(set(ids[b].tolist())) == k, f"row {b}: duplicate ids {ids[b].tolist()}"
+    # The returned ids carry the logits the backend claims.
+    torch.testing.assert_close(logprob.double(), logits.gather(1, ids) - lse64[:, None], rtol=RTOL, atol=2 * tol)
+    # Where the reference ranking has clear gaps (no near-tie within 4 tol), ids must match exactly.
+    vals = ref_vals.values[:, : k + 1]
+    gap_prev = torch.cat([torch.full((B, 1), math.inf, dtype=vals.dtype), vals[:, :-1] - vals[:, 1:]], dim=1)
+    clear = (gap_prev[:, :k] > 4 * tol) & (gap_prev[:, 1: k + 1] > 4 * tol)
+    ref_ids = ref_vals.indices[:, :k]
+    assert torch.equal(ids[clear], ref_ids[clear]), "ids differ from the reference away from near-ties"
+
+
+@pytest.mark.parametrize("name,B,V,d,k", list(lmhead_cases()))
+def test_lmhead_topk_random(name, B, V, d, k, device):
+    mod = backend_module(name, device)
+    hidden = torch.randn(B, d, device=device)
+    weight = torch.randn(V, d, device=device) / math.sqrt(d) * 4  # logits spread over a few units
+    check_lmhead(hidden, weight, k, *mod.lmhead_topk(hidden, weight, k))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_lmhead_topk_ties_lowest_id_first(name, device):
+    mod = backend_module(name, device)
+    # Small integers: every logit is exact in fp32, so duplicates are exact ties in every backend.
+    B, V, d, k = 3, 1000, 64, 64
+    hidden = torch.randint(-2, 3, (B, d), device=device).float()
+    weight = torch.randint(-1, 2, (V, d), device=device).float()
+    weight[500:600] = weight[7]  # many duplicates of one row, some of which rank high
+    logprob, ids, lse = mod.lmhead_topk(hidden, weight, k)
+    ref_lp, ref_ids, ref_lse = reference.lmhead_topk_ref(hidden.cpu(), weight.cpu(), k)
+    assert torch.equal(ids.cpu(), ref_ids), "ties must be broken by the lowest token id"
+    torch.testing.assert_close(logprob.cpu(), ref_lp, rtol=RTOL, atol=1e-5)
+    torch.testing.assert_close(lse.cpu(), ref_lse, rtol=RTOL, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_lmhead_topk_neg_inf_logits(name, device):
+    mod = backend_module(name, device)
+    B, V, d, k = 3, 111, 64, 10
+    hidden = torch.randn(B, d, device=device)
+    hidden[:, 0] = hidden[:, 0].abs() + 0.5  # > 0, so a -inf weight entry gives a -inf logit
+    weight = torch.randn(V, d, device=device)
+    finite = torch.tensor([5, 40, 90], device=device)
+    weight[:, 0] = -math.inf
+    weight[finite, 0] = 1.0
+    logprob, ids, lse = mod.lmhead_topk(hidden, weight, k)
+    ref_lp, ref_ids, ref_lse = reference.lmhead_topk_ref(hidden.cpu().double(), weight.cpu().double(), k)
+    # After the 3 finite logits come -inf ones, lowest ids first.
+    assert torch.equal(ids.cpu(), ref_ids)
+    assert ref_ids[0, 3:].tolist() == [0, 1, 2, 3, 4, 6, 7]
+    torch.testing.assert_close(logprob.cpu(), ref_lp, rtol=RTOL, atol=1e-4)
+    torch.testing.assert_close(lse.cpu(), ref_lse, rtol=RTOL, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_lmhead_topk_overwrites_poisoned_outputs(name, device):
+    mod = backend_module(name, device)
+    B, V, d, k = 17, 1000, 64, 10
+    hidden, weight = torch.randn(B, d, device=device), torch.randn(V, d, device=device)
+    out = (torch.full((B, k), math.nan, device=device), torch.full((B, k), -777, dtype=torch.int64, device=device),
+           torch.full((B,), math.nan, device=device))
+    res = mod.lmhead_topk(hidden, weight, k, out=out)
+    assert all(r is o for r, o in zip(res, out)), "out= buffers must be the returned tensors"
+    check_lmhead(hidden, weight, k, *out)
+
+
+# ---- score_select ------------------------------------------------------------------------------------------------
+
+SCORE_GRID = list(itertools.product(B_S, (1, 4, 10, 64), D_S))
+INTERP_SCORE_GRID = [(1, 64, 64), (3, 10, 576), (17, 4, 64), (17, 1, 576)]
+
+
+def score_inputs(B, k, d, device, U=5):
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh but reproducible from the failure message
+    cand = torch.randn(B, k, d, generator=g)
+    bank_w = torch.randn(U, d, generator=g) / math.sqrt(d)
+    bank_b = torch.randn(U, generator=g)
+    slot = torch.randint(-1, U, (B,), generator=g)
+    slot[0] = -1  # always cover "no head"
+    if B > 1:
+        slot[1] = U - 1
+    logprob = -torch.rand(B, k, generator=g) * 8
+    if k > 2:
+        logprob[:, 2] = -math.inf  # a zero-probability candidate
+    weight = torch.rand(B, generator=g) * 2
+    rand = torch.rand(B, generator=g)
+    return [t.to(device) for t in (cand, bank_w, bank_b, slot, logprob, weight, rand)]
+
+
+def check_score_select(inputs, mode, tau, chosen, scores, rewards):
+    cand, bank_w, bank_b, slot, logprob, weight, rand = [t.cpu() for t in inputs]
+    B, k, _ = cand.shape
+    r64 = reference.gather_rewards_ref(cand.double(), bank_w.double(), bank_b.double(), slot).double()
+    s64 = logprob.double() + weight.double()[:, None] * r64
+    chosen, scores, rewards = chosen.cpu(), scores.cpu(), rewards.cpu()
+    assert chosen.dtype == torch.int64 and chosen.shape == (B,)
+    assert scores.dtype == torch.float32 and rewards.dtype == torch.float32
+    tol = _tol(r64.abs().max())
+    torch.testing.assert_close(rewards.double(), r64, rtol=RTOL, atol=tol)
+    assert bool((rewards[slot < 0] == 0).all()), "rows without a head must have zero reward"
+    torch.testing.assert_close(scores.double(), s64, rtol=RTOL, atol=2 * tol)
+    if mode == reference.GREEDY:
+        top2 = torch.topk(s64, min(2, k), dim=-1).values
+        clear = (top2[:, 0] - top2[:, -1] > 4 * tol) | torch.tensor(k == 1)
+        assert torch.equal(chosen[clear], s64.argmax(-1)[clear])
+        return
+    # Sample: the reference inverse CDF on the fp32 reference scores, except rows whose draw lies within
+    # rounding distance of a CDF step (there fp32 summation order legitimately decides).
+    ref_scores = reference.score_select_ref(cand, bank_w, bank_b, slot, logprob, weight, mode, tau, rand)[1]
+    ref = reference.inverse_cdf_choice(ref_scores, tau, rand)
+    p = torch.softmax(s64 / tau, dim=-1)
+    margin = (p.cumsum(-1) - rand.double()[:, None]).abs().min(-1).values
+    clear = margin > 1e-4
+    assert torch.equal(chosen[clear], ref[clear])
+    assert bool((logprob.gather(1, chosen[:, None]) > -math.inf).all()), "a -inf candidate was drawn"
+
+
+def score_cases():
+    for name in BACKENDS:
+        for case in INTERP_SCORE_GRID if name == "triton" and INTERPRETED else SCORE_GRID:
+            for mode in (reference.GREEDY, reference.SAMPLE):
+                yield pytest.param(name, *case, mode, id=f"{name}-B{case[0]}-k{case[1]}-d{case[2]}-{mode}")
+
+
+@pytest.mark.parametrize("name,B,k,d,mode", list(score_cases()))
+def test_score_select_random(name, B, k, d, mode, device):
+    mod = backend_module(name, device)
+    inputs = score_inputs(B, k, d, device)
+    cand, bank_w, bank_b, slot, logprob, weight, rand = inputs
+    tau = 0.7
+    out = mod.score_select(cand, bank_w, bank_b, slot, logprob, weight, mode, tau, rand)
+    check_score_select(inputs, mode, tau, *out)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_score_select_greedy_ties_lowest_index(name, device):
+    mod = backend_module(name, device)
+    B, k, d = 17, 10, 64
+    cand, bank_w, bank_b, slot, _, weight, rand = score_inputs(B, k, d, device)
+    logprob = torch.randint(-3, 0, (B, k), device=device).float()  # many exact ties
+    weight = torch.zeros(B, device=device)
+    chosen, scores, _ = mod.score_select(cand, bank_w, bank_b, slot, logprob, weight, reference.GREEDY, 1.0, None)
+    assert torch.equal(scores.cpu(), logprob.cpu())
+    first_max = (logprob == logprob.max(-1, keepdim=True).values).int().argmax(-1)
+    assert torch.equal(chosen.cpu(), first_max.cpu())
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_score_select_all_slots_empty(name, device):
+    mod = backend_module(name, device)
+    inputs = score_inputs(3, 4, 64, device)
+    inputs[3] = torch.full((3,), -1, dtype=torch.int64, device=device)
+    cand, bank_w, bank_b, slot, logprob, weight, rand = inputs
+    out = mod.score_select(cand, bank_w, bank_b, slot, logprob, weight, reference.GREEDY, 1.0, None)
+    assert bool((out[2] == 0).all())
+    check_score_select(inputs, reference.GREEDY, 1.0, *out)
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("mode", (reference.GREEDY, reference.SAMPLE))
+def test_score_select_overwrites_poisoned_outputs(name, mode, device):
+    mod = backend_module(name, device)
+    B, k, d = 17, 10, 64
+    inputs = score_inputs(B, k, d, device)
+    out = (torch.full((B,), -777, dtype=torch.int64, device=device), torch.full((B, k), math.nan, device=device),
+           torch.full((B, k), math.nan, device=device))
+    res = mod.score_select(*inputs[:6], mode, 0.5, inputs[6], out=out)
+    assert all(r is o for r, o in zip(res, out)), "out= buffers must be the returned tensors"
+    check_score_select(inputs, mode, 0.5, *out)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_through_dispatch_matches_reference(name, device):
+    backend_module(name, device)
+    hidden, weight = torch.randn(3, 64, device=device), torch.randn(1000, 64, device=device)
+    check_lmhead(hidden, weight, 4, *dispatch.lmhead_topk(hidden, weight, 4, backend=name))
+    inputs = score_inputs(3, 4, 64, device)
+    out = dispatch.score_select(*inputs[:6], reference.SAMPLE, 0.9, inputs[6], backend=name)
+    check_score_select(inputs, reference.SAMPLE, 0.9, *out)

@@ -1,0 +1,60 @@
+"""Tiny random causal LMs (Llama, GPT-2) with a small trained BPE tokenizer, saved as HF directories so tests
+load them through the engine's real loader. Nothing is downloaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Reward guided decoding steers a language model with a reward model.",
+    "Personalized alignment trains one reward head per user.",
+    "Breaking news: the city council approves a new budget for parks and schools.",
+    "Scientists discover a new species of frog in the rain forest.",
+    "How to cook pasta: boil water, add salt, and stir.\nServe warm.",
+    "Headline: Stocks rally as inflation cools.\nHeadline: Storm hits the coast.",
+] * 4
+
+
+def make_tokenizer(vocab_size: int = 320):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+
+
+def make_model(arch: str, vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.2,
+                          eos_token_id=0, pad_token_id=1, bos_token_id=None)
+        model = LlamaForCausalLM(cfg)
+    elif arch == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
+                         initializer_range=0.2, eos_token_id=0, pad_token_id=1, bos_token_id=0)
+        model = GPT2LMHeadModel(cfg)
+    else:
+        raise ValueError(arch)
+    model.generation_config.eos_token_id = 0
+    model.generation_config.pad_token_id = 1
+    return model.eval()
+
+
+def save_tiny(path: Path, arch: str, seed: int = 0, hidden: int = 64, tokenizer=None) -> Path:
+    tok = tokenizer or make_tokenizer()
+    model = make_model(arch, len(tok), seed=seed, hidden=hidden)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
