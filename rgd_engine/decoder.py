@@ -16,7 +16,6 @@ import torch
 from .config import GenerationConfig
 from .heads import HeadBank
 from .kernels import GREEDY, SAMPLE, lmhead_topk, score_select
-from .kv_cache import KVCache
 from .models import CausalLM
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper, eos_token_ids
@@ -47,16 +46,16 @@ class _Stream:
 
     def __init__(self, model: CausalLM, ids, pad_mask, capacity: int):
         self.model = model
-        self.cache = KVCache(model.config, ids.shape[0], capacity, model.device, model.dtype)
+        self.cache = model.new_cache(ids.shape[0], capacity)
         positions = (pad_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
-        hidden = model.forward(ids, positions, self.cache.prefill_mask(pad_mask), self.cache.hf)
+        hidden = model.forward(ids, positions, self.cache.prefill_mask(pad_mask), self.cache)
         self.cache.advance(ids.shape[1], pad_mask)
         self.last_hidden = hidden[:, -1]  # [B, d]: left padding puts every row's last real token here
         self.next_pos = pad_mask.long().sum(-1)  # [B]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row. tokens [B] -> hidden [B, d]."""
-        hidden = self.model.forward(tokens[:, None], self.next_pos[:, None], self.cache.tree_mask(1), self.cache.hf)
+        hidden = self.model.forward(tokens[:, None], self.next_pos[:, None], self.cache.tree_mask(1), self.cache)
         self.cache.advance(1)
         self.next_pos = self.next_pos + 1
         self.last_hidden = hidden[:, 0]
@@ -66,7 +65,7 @@ class _Stream:
         """Forward k candidates per row as a depth-1 tree. cand_ids [B, k] -> hidden [B, k, d]."""
         k = cand_ids.shape[1]
         pos = self.next_pos[:, None].expand(-1, k)
-        return self.model.forward(cand_ids, pos, self.cache.tree_mask(k), self.cache.hf)
+        return self.model.forward(cand_ids, pos, self.cache.tree_mask(k), self.cache)
 
     def keep(self, chosen: torch.Tensor, k: int, cand_hidden: torch.Tensor):
         """Keep only candidate chosen[b] in the cache. chosen [B]; cand_hidden [B, k, d]."""

@@ -1,60 +1,91 @@
 """A preallocated KV cache with slot bookkeeping for left-padded batches and depth-1 candidate trees.
 
-Slots [0, length) hold committed tokens (left padding included, masked out via `valid`). Candidate expansion
-writes k query tokens into scratch slots [length, length + k); each attends to the valid committed slots and to
-itself only. `commit(chosen)` moves the chosen candidate's K/V into slot `length` and drops the rest, so the
-cache never holds k copies of the prefix.
+Slots [0, length) hold committed tokens (left padding included, masked out). Candidate expansion writes k query
+tokens into scratch slots [length, length + k); each attends to the valid committed slots and to itself only.
+`commit(chosen)` moves the chosen candidate's K/V into slot `length` and drops the rest, so the cache never
+holds k copies of the prefix.
+
+Two storages, chosen by the model that drives the cache:
+- "tensor": one tensor kv [L, 2, B, Hkv, S, D] written by the fast Llama-family forward
+  (models/fast_llama.py). Masks cover only the slots in use ([0, length + q)), because that forward attends
+  over exactly those; a commit is one indexed copy over all layers.
+- "hf": an HF `StaticCache` for every other architecture, driven by HF's own forward. Masks cover the whole
+  capacity S, because HF attends over the whole static cache.
 """
 from __future__ import annotations
 
 import torch
 from transformers import StaticCache
 
+STORAGES = ("tensor", "hf")
+
 
 class KVCache:
-    def __init__(self, config, batch: int, capacity: int, device, dtype):
-        self.hf = StaticCache(config=config, max_cache_len=capacity)
+    def __init__(self, config, batch: int, capacity: int, device, dtype, storage: str = "hf"):
+        if storage not in STORAGES:
+            raise ValueError(f"unknown KV cache storage {storage!r}; choose one of {STORAGES}")
+        self.storage = storage
         self.capacity = capacity
         self.length = 0
-        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)  # [B, S]
         self.dtype = dtype
         self._neg = torch.finfo(dtype).min
         self._arange = torch.arange(capacity, device=device)
-
-    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
-        """bool [B, q, S] -> additive float mask [B, 1, q, S] (works for eager and SDPA attention)."""
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
-        return mask.masked_fill_(~allowed, self._neg).unsqueeze(1)
+        # Additive mask of the committed slots kept up to date in place ([B, S]: 0 = valid, min = padding or
+        # not yet written), so a step's mask is a slice of it plus the new tokens' own slots.
+        self._bias = torch.full((batch, capacity), self._neg, dtype=dtype, device=device)
+        self.hf = None
+        self.kv = None
+        if storage == "hf":
+            self.hf = StaticCache(config=config, max_cache_len=capacity)
+        else:
+            heads = int(config.num_attention_heads)
+            head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+            self.kv = torch.zeros(int(config.num_hidden_layers), 2, batch, int(config.num_key_value_heads),
+                                  capacity, head_dim, dtype=dtype, device=device)
 
     def _need(self, q: int):
         if self.length + q > self.capacity:
             raise RuntimeError(f"KV cache overflow: {self.length} + {q} slots > capacity {self.capacity}")
 
+    def _width(self, q: int) -> int:
+        """Key slots a forward of q new tokens attends over (see the module docstring)."""
+        return self.length + q if self.storage == "tensor" else self.capacity
+
     def prefill_mask(self, pad_mask: torch.Tensor) -> torch.Tensor:
-        """pad_mask [B, P] bool (True = real token) -> causal additive mask [B, 1, P, S] for slots [0, P)."""
+        """pad_mask [B, P] bool (True = real token) -> causal additive mask [B, 1, P, T] for slots [0, P)."""
         B, P = pad_mask.shape
+        if self.length:
+            raise RuntimeError("prefill_mask is for the first forward into an empty cache")
         self._need(P)
-        causal = self._arange[None, :] <= self._arange[:P, None]  # [P, S]
-        real = torch.zeros_like(self.valid)
+        T = self._width(P)
+        causal = self._arange[None, :T] <= self._arange[:P, None]  # [P, T]
+        real = torch.zeros(B, T, dtype=torch.bool, device=pad_mask.device)
         real[:, :P] = pad_mask
-        allowed = causal[None] & real[:, None, :]  # [B, P, S]
+        allowed = causal[None] & real[:, None, :]  # [B, P, T]
         # A pad query would attend to nothing (NaN in SDPA); let it see itself. Its output is never used.
         allowed[:, torch.arange(P), torch.arange(P)] = True
-        return self._additive(allowed)
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
+        return mask.masked_fill_(~allowed, self._neg).unsqueeze(1)
 
     def tree_mask(self, q: int) -> torch.Tensor:
         """Mask for q tokens at scratch slots [length, length + q), each seeing the committed prefix and itself.
 
-        q = 1 is an ordinary decode step; q = k is a depth-1 candidate tree. -> [B, 1, q, S]
+        q = 1 is an ordinary decode step; q = k is a depth-1 candidate tree. -> [B, 1, q, T]
         """
         self._need(q)
-        prefix = self.valid & (self._arange < self.length)  # [B, S]
-        own = self._arange[None, :] == (self.length + torch.arange(q, device=self.valid.device))[:, None]  # [q, S]
-        return self._additive(prefix[:, None, :] | own[None])
+        B, T = self._bias.shape[0], self._width(q)
+        mask = self._bias[:, None, :T].repeat(1, q, 1)  # [B, q, T]; scratch slots are still masked
+        own = torch.arange(q, device=mask.device)
+        mask[:, own, self.length + own] = 0
+        return mask.unsqueeze(1)
 
     def advance(self, q: int, real: torch.Tensor | None = None):
         """Commit q tokens just written at [length, length + q); real [B, q] marks which are not padding."""
-        self.valid[:, self.length:self.length + q] = True if real is None else real
+        new = self._bias[:, self.length:self.length + q]
+        if real is None:
+            new.zero_()
+        else:
+            new.copy_(torch.where(real, 0.0, self._neg))
         self.length += q
 
     def commit(self, chosen: torch.Tensor, q: int):
@@ -64,13 +95,19 @@ class KVCache:
         """
         rows = torch.arange(chosen.shape[0], device=chosen.device)
         src = self.length + chosen  # [B]
-        for layer in self.hf.layers:
-            layer.keys[:, :, self.length] = layer.keys[rows, :, src]
-            layer.values[:, :, self.length] = layer.values[rows, :, src]
-            layer.crop(-(q - 1))  # the next write lands right after the kept token
-        self.valid[:, self.length] = True
+        if self.kv is not None:
+            # kv[:, :, rows, :, src] gathers [B, L, 2, Hkv, D] (advanced indices first): one copy for all layers
+            self.kv[:, :, :, :, self.length] = self.kv[:, :, rows, :, src].permute(1, 2, 0, 3, 4)
+        else:
+            for layer in self.hf.layers:
+                layer.keys[:, :, self.length] = layer.keys[rows, :, src]
+                layer.values[:, :, self.length] = layer.values[rows, :, src]
+                layer.crop(-(q - 1))  # the next write lands right after the kept token
+        self._bias[:, self.length] = 0
         self.length += 1
 
     def nbytes(self) -> int:
+        if self.kv is not None:
+            return self.kv.numel() * self.kv.element_size()
         return sum(t.numel() * t.element_size() for layer in self.hf.layers
                    if getattr(layer, "is_initialized", False) for t in (layer.keys, layer.values))

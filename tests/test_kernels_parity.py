@@ -235,3 +235,17 @@ def test_through_dispatch_matches_reference(name, device):
     inputs = score_inputs(3, 4, 64, device)
     out = dispatch.score_select(*inputs[:6], reference.SAMPLE, 0.9, inputs[6], backend=name)
     check_score_select(inputs, reference.SAMPLE, 0.9, *out)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_bfloat16_matrices_are_widened_exactly(name, device):
+    if name == "triton" and INTERPRETED:
+        pytest.skip("the triton interpreter backend is float32 only")
+    mod = backend_module(name, device)
+    hidden = torch.randn(3, 576, device=device)
+    weight = torch.randn(1000, 576, device=device).bfloat16()
+    check_lmhead(hidden, weight.float(), 10, *mod.lmhead_topk(hidden, weight, 10))
+    cand, bank_w, bank_b, slot, logprob, wgt, rand = score_inputs(3, 10, 576, device)
+    out = mod.score_select(cand.bfloat16(), bank_w.bfloat16(), bank_b, slot, logprob, wgt, reference.GREEDY, 1.0, None)
+    check_score_select([cand.bfloat16().float(), bank_w.bfloat16().float(), bank_b, slot, logprob, wgt, rand],
+                       reference.GREEDY, 1.0, *out)

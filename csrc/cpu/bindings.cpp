@@ -108,5 +108,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bank_w"), pybind11::arg("bank_b"), pybind11::arg("slot"), pybind11::arg("logprob"),
         pybind11::arg("weight"), pybind11::arg("sample"), pybind11::arg("tau"), pybind11::arg("rand"),
         pybind11::arg("chosen"), pybind11::arg("scores"), pybind11::arg("rewards"));
-  m.def("num_threads", []() { return at::get_num_threads(); }, "torch intra-op threads (OpenMP team size)");
 }

@@ -5,8 +5,8 @@
 //   chunk c contributes (m_c, s_c) and  s = sum_c s_c * exp(m_c - m))
 //   top-k of z by (value desc, id asc); logprob = z - lse_b.
 // Work split: V is cut into chunks of kChunkRows W rows; each OpenMP task streams one chunk once for all
-// B rows (the W row stays in L1 while it is dotted with every h_b) and keeps per-(chunk, row) partials;
-// a second stage merges partials per row.
+// B rows (blocks of 4 W rows stay in L1 while they are dotted with every h_b, two h_b at a time) and keeps
+// per-(chunk, row) partials; a second stage merges the partials of each row.
 //
 // score_select, per row b with u = slot_b:
 //   r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
@@ -42,6 +42,58 @@ inline float dot(const float* a, const T* b, int64_t d) {
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < d; ++i) acc += a[i] * to_float(b[i]);
   return acc;
+}
+
+// Register blocking: 4 W rows x NB hidden rows per pass gives 4 * NB independent SIMD accumulator chains
+// and loads each W element once per NB hidden rows (SSE2 has 16 vector registers: NB <= 2 fits).
+template <typename T>
+inline void dot4x1(const float* h, const T* w, int64_t d, float* out) {
+  const T *w0 = w, *w1 = w + d, *w2 = w + 2 * d, *w3 = w + 3 * d;
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+  for (int64_t i = 0; i < d; ++i) {
+    a0 += h[i] * to_float(w0[i]);
+    a1 += h[i] * to_float(w1[i]);
+    a2 += h[i] * to_float(w2[i]);
+    a3 += h[i] * to_float(w3[i]);
+  }
+  out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;
+}
+
+template <typename T>
+inline void dot4x2(const float* h, const float* g, const T* w, int64_t d, float* out_h, float* out_g) {
+  const T *w0 = w, *w1 = w + d, *w2 = w + 2 * d, *w3 = w + 3 * d;
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, c0, c1, c2, c3)
+  for (int64_t i = 0; i < d; ++i) {
+    const float x0 = to_float(w0[i]), x1 = to_float(w1[i]), x2 = to_float(w2[i]), x3 = to_float(w3[i]);
+    a0 += h[i] * x0;
+    a1 += h[i] * x1;
+    a2 += h[i] * x2;
+    a3 += h[i] * x3;
+    c0 += g[i] * x0;
+    c1 += g[i] * x1;
+    c2 += g[i] * x2;
+    c3 += g[i] * x3;
+  }
+  out_h[0] = a0, out_h[1] = a1, out_h[2] = a2, out_h[3] = a3;
+  out_g[0] = c0, out_g[1] = c1, out_g[2] = c2, out_g[3] = c3;
+}
+
+// tile[b * kChunkRows + r] = h_b . W_{v0 + r} for r < len, b < B
+template <typename T>
+inline void chunk_logits(const float* hidden, const T* weight, int64_t B, int64_t d, int64_t v0, int64_t len,
+                         float* tile) {
+  int64_t r = 0;
+  for (; r + 4 <= len; r += 4) {
+    const T* w = weight + (v0 + r) * d;
+    int64_t b = 0;
+    for (; b + 2 <= B; b += 2)
+      dot4x2(hidden + b * d, hidden + (b + 1) * d, w, d, tile + b * kChunkRows + r, tile + (b + 1) * kChunkRows + r);
+    if (b < B) dot4x1(hidden + b * d, w, d, tile + b * kChunkRows + r);
+  }
+  for (; r < len; ++r)
+    for (int64_t b = 0; b < B; ++b) tile[b * kChunkRows + r] = dot(hidden + b * d, weight + (v0 + r) * d, d);
 }
 
 template <typename T>
@@ -83,7 +135,7 @@ inline void chunk_lse(const float* z, int64_t n, float* m_out, float* s_out) {
   for (int64_t i = 0; i < n; ++i) m = std::max(m, z[i]);
   double s = 0.0;
   if (m != kNegInf) {
-    for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(z[i] - m));
+    for (int64_t i = 0; i < n; ++i) s += std::exp(z[i] - m);  // float exp, double sum
   }
   *m_out = m;
   *s_out = static_cast<float>(s);
@@ -108,10 +160,7 @@ void lmhead_topk(const float* hidden, const T* weight, int64_t B, int64_t V, int
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < n_chunks; ++c) {
       const int64_t v0 = c * kChunkRows, len = std::min(kChunkRows, V - v0);
-      for (int64_t r = 0; r < len; ++r) {
-        const T* w = weight + (v0 + r) * d;
-        for (int64_t b = 0; b < B; ++b) tile[b * kChunkRows + r] = dot(hidden + b * d, w, d);
-      }
+      chunk_logits(hidden, weight, B, d, v0, len, tile.data());
       for (int64_t b = 0; b < B; ++b) {
         const float* z = tile.data() + b * kChunkRows;
         const int64_t p = c * B + b;

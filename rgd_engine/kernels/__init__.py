@@ -4,6 +4,7 @@ from .dispatch import (  # noqa: F401
     BackendUnavailable,
     available_backends,
     lmhead_topk,
+    requested_backend,
     resolve_backend,
     score_select,
 )

@@ -3,16 +3,36 @@
 The decoder drives the *base* transformer (final-norm hidden states out) with explicit positions and a 4D
 attention mask against a preallocated KV cache, and applies the LM head itself through the fused
 `lmhead_topk` op, so the wrapper exposes the LM head weight separately.
+
+Two forwards give the same hidden states (within float rounding; tests/engine/test_fast_forward.py):
+- "fast": models/fast_llama.py, for Llama-family models (llama, mistral and qwen2 without sliding windows),
+  writing into a plain-tensor KV cache. Its projection weights are fused in place: the HF modules keep
+  working on slices of the fused tensors, so no weight is stored twice.
+- "hf": the HF base model with an HF StaticCache, for every architecture.
+`RGD_FORWARD=auto|hf|fast` (or `forward=`) picks one: auto = fast where supported, else hf (logged);
+an explicit `fast` for an unsupported model raises.
 """
 from __future__ import annotations
+
+import logging
+import os
 
 import torch
 
 from ..errors import ModelLoadError
+from ..kv_cache import KVCache
+from .fast_llama import FastLlama, unsupported_reason
+
+log = logging.getLogger("rgd_engine.models")
+FORWARDS = ("auto", "hf", "fast")
+
+
+def requested_forward() -> str:
+    return os.environ.get("RGD_FORWARD", "auto").strip().lower() or "auto"
 
 
 class CausalLM:
-    def __init__(self, hf_model, tokenizer, name: str):
+    def __init__(self, hf_model, tokenizer, name: str, forward: str | None = None):
         self.hf_model = hf_model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -27,19 +47,45 @@ class CausalLM:
         self.vocab_size = int(head.weight.shape[0])
         self.device = head.weight.device
         self.dtype = head.weight.dtype
+        self.fast = self._pick_forward(forward or requested_forward())
+
+    def _pick_forward(self, forward: str) -> FastLlama | None:
+        if forward not in FORWARDS:
+            raise ValueError(f"unknown forward {forward!r} (RGD_FORWARD); choose one of {', '.join(FORWARDS)}")
+        if forward == "hf":
+            return None
+        reason = unsupported_reason(self.base, self.config)
+        if reason is None:
+            return FastLlama(self.base, self.config)
+        if forward == "fast":
+            raise ModelLoadError(f"model {self.name!r}: the fast forward was requested but {reason}")
+        log.info("model %r uses the HF forward: %s", self.name, reason)
+        return None
+
+    @property
+    def forward_kind(self) -> str:
+        return "hf" if self.fast is None else "fast"
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty KV cache of `capacity` slots per row in the storage this model's forward writes."""
+        return KVCache(self.config, batch, capacity, self.device, self.dtype,
+                       storage="hf" if self.fast is None else "tensor")
 
     @property
     def lm_head_weight(self) -> torch.Tensor:  # [V, d]
         return self.hf_model.get_output_embeddings().weight
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run new tokens through the base model and return final-norm hidden states.
 
-        ids [B, q] int64, positions [B, q] int64, mask [B, 1, q, S] additive float (S = cache capacity),
-        cache: an HF cache the new K/V are appended to -> hidden [B, q, d].
+        ids [B, q] int64, positions [B, q] int64, mask [B, 1, q, T] additive float from `cache` (its
+        prefill_mask / tree_mask), cache: from `new_cache`; the new K/V land in slots [length, length + q)
+        -> hidden [B, q, d]. The caller advances or commits the cache afterwards.
         """
-        out = self.base(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True)
+        if self.fast is not None:
+            return self.fast.forward(ids, positions, mask, cache.kv, cache.length)
+        out = self.base(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache.hf, use_cache=True)
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

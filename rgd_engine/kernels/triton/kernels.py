@@ -88,45 +88,51 @@ def lmhead_merge_kernel(part_m_ptr, part_s_ptr, part_v_ptr, part_i_ptr, logprob_
 
 @triton.jit
 def score_select_kernel(cand_ptr, bank_w_ptr, bank_b_ptr, slot_ptr, logprob_ptr, weight_ptr, rand_ptr,
-                        chosen_ptr, scores_ptr, rewards_ptr, K, D, tau,
-                        SAMPLE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    """ARGS score + select, one program = one row b with head u = slot[b].
+                        chosen_ptr, scores_ptr, rewards_ptr, B, K, D, tau,
+                        SAMPLE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """ARGS score + select; one program = BLOCK_R rows b, each with head u = slot[b].
 
     r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
     greedy: first argmax of s.  sample: p_j = exp((s_j - max s) / tau), chosen = first j with
     cumsum(p)_j > rand_b * sum(p); no hit (rounding) -> last j with p_j > 0.
     """
-    b = tl.program_id(0).to(tl.int64)
+    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_k = tl.arange(0, BLOCK_K)
+    r_ok = offs_r < B
     k_ok = offs_k < K
-    u = tl.load(slot_ptr + b)
+    rk_ok = r_ok[:, None] & k_ok[None, :]  # [BLOCK_R, BLOCK_K]
+    u = tl.load(slot_ptr + offs_r, mask=r_ok, other=-1)
     has_head = u >= 0
     u_safe = tl.where(has_head, u, 0)
-    acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    row_k = offs_r[:, None] * K + offs_k[None, :]  # [BLOCK_R, BLOCK_K] index into [B, K]
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
-        c = tl.load(cand_ptr + (b * K + offs_k[:, None]) * D + offs_d[None, :],
-                    mask=k_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_D]
-        w = tl.load(bank_w_ptr + u_safe * D + offs_d, mask=d_ok, other=0.0).to(tl.float32)  # [BLOCK_D]
-        acc += tl.sum(c * w[None, :], axis=1)
-    bias = tl.load(bank_b_ptr + u_safe).to(tl.float32)
-    r = tl.where(has_head, acc + bias, 0.0)
-    lp = tl.load(logprob_ptr + b * K + offs_k, mask=k_ok, other=0.0)
-    s = lp + tl.load(weight_ptr + b) * r
-    tl.store(rewards_ptr + b * K + offs_k, r, mask=k_ok)
-    tl.store(scores_ptr + b * K + offs_k, s, mask=k_ok)
+        c = tl.load(cand_ptr + row_k[:, :, None] * D + offs_d[None, None, :],
+                    mask=rk_ok[:, :, None] & d_ok[None, None, :], other=0.0).to(tl.float32)  # [R, K, BLOCK_D]
+        w = tl.load(bank_w_ptr + u_safe[:, None] * D + offs_d[None, :],
+                    mask=r_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [R, BLOCK_D]
+        acc += tl.sum(c * w[:, None, :], axis=2)
+    bias = tl.load(bank_b_ptr + u_safe, mask=r_ok, other=0.0).to(tl.float32)
+    r = tl.where(has_head[:, None], acc + bias[:, None], 0.0)
+    lp = tl.load(logprob_ptr + row_k, mask=rk_ok, other=0.0)
+    wb = tl.load(weight_ptr + offs_r, mask=r_ok, other=0.0)
+    s = lp + wb[:, None] * r
+    tl.store(rewards_ptr + row_k, r, mask=rk_ok)
+    tl.store(scores_ptr + row_k, s, mask=rk_ok)
     neg_inf = float("-inf")
-    s = tl.where(k_ok, s, neg_inf)
-    m = tl.max(s, axis=0)
+    s = tl.where(k_ok[None, :], s, neg_inf)
+    m = tl.max(s, axis=1)  # [BLOCK_R]
     big = 2147483647
     if SAMPLE:
-        p = tl.where(k_ok, tl.exp((s - m) / tau), 0.0)
-        c = tl.cumsum(p, axis=0)
-        target = tl.load(rand_ptr + b) * tl.max(c, axis=0)  # cumsum of p >= 0: its max is the total
-        first_hit = tl.min(tl.where((c > target) & k_ok, offs_k, big), axis=0)
-        last_nonzero = tl.max(tl.where((p > 0) & k_ok, offs_k, 0), axis=0)
+        p = tl.where(k_ok[None, :], tl.exp((s - m[:, None]) / tau), 0.0)
+        c = tl.cumsum(p, axis=1)
+        rnd = tl.load(rand_ptr + offs_r, mask=r_ok, other=0.0)
+        target = rnd * tl.max(c, axis=1)  # cumsum of p >= 0: its max is the total
+        first_hit = tl.min(tl.where((c > target[:, None]) & k_ok[None, :], offs_k[None, :], big), axis=1)
+        last_nonzero = tl.max(tl.where((p > 0) & k_ok[None, :], offs_k[None, :], 0), axis=1)
         idx = tl.where(first_hit < big, first_hit, last_nonzero)
     else:
-        idx = tl.min(tl.where((s == m) & k_ok, offs_k, big), axis=0)
-    tl.store(chosen_ptr + b, idx.to(tl.int64))
+        idx = tl.min(tl.where((s == m[:, None]) & k_ok[None, :], offs_k[None, :], big), axis=1)
+    tl.store(chosen_ptr + offs_r, idx.to(tl.int64), mask=r_ok)

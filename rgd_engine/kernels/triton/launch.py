@@ -17,6 +17,13 @@ def _block_v(device: torch.device) -> int:
     return 256 if device.type == "cuda" else 4096
 
 
+def _block_rows(device: torch.device, B: int, block_k: int) -> int:
+    # Rows per score_select program. GPU: a [4, BLOCK_K, BLOCK_D] tile keeps registers in check. Interpreter:
+    # many rows per program, because each program costs milliseconds of Python.
+    cap = 4 if device.type == "cuda" else max(1, 16384 // block_k)
+    return min(cap, triton.next_power_of_2(B))
+
+
 def _check_dtypes(device: torch.device, *tensors: torch.Tensor):
     if device.type == "cpu" and any(t.dtype != torch.float32 for t in tensors):
         raise TypeError("triton backend on CPU (TRITON_INTERPRET=1) supports float32 only, got "
@@ -45,7 +52,7 @@ def lmhead_topk(hidden, weight, k, out=None):
         return logprob, ids, lse
     kernels.lmhead_partial_kernel[(nb, triton.cdiv(B, BLOCK_B))](
         hidden, weight, part_m, part_s, part_v, part_i, B, V, D, kc,
-        BLOCK_B=BLOCK_B, BLOCK_V=block_v, BLOCK_D=BLOCK_D)
+        BLOCK_B=BLOCK_B, BLOCK_V=block_v, BLOCK_D=BLOCK_D, num_warps=8)
     kernels.lmhead_merge_kernel[(B,)](
         part_m, part_s, part_v, part_i, logprob, ids, lse, nb, kc, k,
         BLOCK_NB=triton.next_power_of_2(nb), BLOCK_C=triton.next_power_of_2(nb * kc))
@@ -65,8 +72,10 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, 
     chosen, scores, rewards = out
     if B == 0:
         return chosen, scores, rewards
-    kernels.score_select_kernel[(B,)](
+    block_k = max(2, triton.next_power_of_2(k))
+    block_r = _block_rows(dev, B, block_k)
+    kernels.score_select_kernel[(triton.cdiv(B, block_r),)](
         cand_hidden.contiguous(), bank_w.contiguous(), bank_b.float().contiguous(), slot.long().contiguous(),
-        logprob.float().contiguous(), weight.float().contiguous(), rand, chosen, scores, rewards, k, D, float(tau),
-        SAMPLE=sample, BLOCK_K=max(2, triton.next_power_of_2(k)), BLOCK_D=BLOCK_D)
+        logprob.float().contiguous(), weight.float().contiguous(), rand, chosen, scores, rewards, B, k, D,
+        float(tau), SAMPLE=sample, BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_D=min(BLOCK_D, triton.next_power_of_2(D)))
     return chosen, scores, rewards

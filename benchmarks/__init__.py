@@ -1,0 +1,1 @@
+"""Throughput and kernel benchmarks (run from the repo root: `python -m benchmarks.decode`)."""

@@ -1,0 +1,111 @@
+"""Policy accuracy of reward-guided decoding (DESIGN.md), teacher-forced with a candidate tree.
+
+For a response y to prompt x, at each step t the ARGS policy sees C_t = top-k_pi(x, y<t) U {y_t} and
+    s_t(v) = log pi(v | x, y<t) + w * r_u(x o y<t o v),
+    log pi~(y_t) = s_t(y_t) - logsumexp_{v in C_t} s_t(v),
+    S(y) = mean_t log pi~(y_t)        (or the sum; strict: y_t outside the top-k gives -inf).
+A pair (x, y_w, y_l) is correct iff S(y_w) > S(y_l); ties are wrong and counted separately.
+
+Cost: the candidate states do not depend on the user, the head or w (heads are linear in them), so ONE
+tree-mask forward per sequence yields `CandidateStates` ([T, k+1] log-probs, [T, k+1, d] states) from which
+every (method, head, w) configuration is evaluated by `sequence_scores` without touching the model again.
+The T*k top-k candidates are appended after x o y; candidate (t, j) sits at y_t's position and attends to
+x o y<t and itself only. The gold token needs no extra slot: its causal state in x o y is exactly that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .kernels import lmhead_topk
+from .models import CausalLM
+
+
+@dataclass
+class CandidateStates:
+    logprob: torch.Tensor  # [T, k+1]: log pi of the k top candidates, then of the gold token y_t
+    states: torch.Tensor  # [T, k+1, d]: reward-backbone final-norm hidden state of x o y<t o v
+    gold_index: torch.Tensor  # [T] int64: column of y_t among the top-k, or k when it is outside
+
+    @property
+    def k(self) -> int:
+        return self.logprob.shape[1] - 1
+
+
+def _candidate_mask(n_main: int, prompt_len: int, T: int, k: int, dtype) -> torch.Tensor:
+    """Additive mask [1, 1, N, N], N = n_main + T*k: causal over x o y; candidate (t, j) sees x o y<t and itself."""
+    N = n_main + T * k
+    allowed = torch.zeros(N, N, dtype=torch.bool)
+    allowed[:n_main, :n_main] = torch.ones(n_main, n_main, dtype=torch.bool).tril()
+    rows = torch.arange(n_main, N)
+    t = (rows - n_main) // k  # step of each candidate
+    visible = prompt_len + t  # x o y<t has prompt_len + t tokens
+    allowed[n_main:, :n_main] = torch.arange(n_main)[None, :] < visible[:, None]
+    allowed[rows, rows] = True
+    mask = torch.zeros(N, N, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+@torch.inference_mode()
+def candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: list[int], response_ids: list[int],
+                     k: int, backend: str | None = None) -> CandidateStates:
+    """Teacher-forced candidate tree for one (prompt, response). backbone may be the policy (shared trunk)."""
+    if not response_ids:
+        raise ValueError("policy accuracy needs a non-empty response (0 tokens)")
+    if not prompt_ids:
+        raise ValueError("policy accuracy needs a non-empty prompt (0 tokens)")
+    P, T = len(prompt_ids), len(response_ids)
+    dev = policy.device
+    main = torch.tensor([prompt_ids + response_ids], device=dev)  # [1, P+T]
+    h_pol = policy.base(input_ids=main, use_cache=False).last_hidden_state[0]  # [P+T, d]
+    before = h_pol[P - 1:P + T - 1]  # [T, d]: states that predict y_1..y_T
+    top_lp, top_ids, lse = lmhead_topk(before, policy.lm_head_weight, k, backend=backend)  # [T, k], [T, k], [T]
+    gold = torch.tensor(response_ids, device=dev)  # [T]
+    gold_logit = (before.float() * policy.lm_head_weight[gold].float()).sum(-1)  # [T]
+    logprob = torch.cat([top_lp, (gold_logit - lse)[:, None]], dim=1)  # [T, k+1]
+    hit = top_ids == gold[:, None]  # [T, k]
+    gold_index = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(gold, k))
+
+    n_main = P + T
+    ids = torch.cat([main[0], top_ids.reshape(-1)])[None]  # [1, N]
+    pos = torch.cat([torch.arange(n_main, device=dev),
+                     (P + torch.arange(T, device=dev)).repeat_interleave(k)])[None]  # [1, N]
+    mask = _candidate_mask(n_main, P, T, k, backbone.dtype).to(dev)
+    h = backbone.base(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state[0]
+    cand = h[n_main:].view(T, k, -1)  # [T, k, d]
+    gold_state = h[P:n_main]  # [T, d]: y_t's causal state = reward input of x o y<t o y_t
+    states = torch.cat([cand, gold_state[:, None]], dim=1).float().cpu()  # [T, k+1, d]
+    return CandidateStates(logprob.float().cpu(), states, gold_index.cpu())
+
+
+def sequence_scores(cs: CandidateStates, W: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,
+                    strict: bool = False, reduce: str = "mean") -> torch.Tensor:
+    """S(y) for every head and weight at once.
+
+    W [H, d], b [H], weights [Nw] -> [H, Nw] float64. A head row of zeros (or w=0) gives the policy's own
+    score restricted to the candidate set.
+    """
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    T, k1, _ = cs.states.shape
+    k = k1 - 1
+    r = torch.einsum("tcd,hd->tch", cs.states.double(), W.double()) + b.double()  # [T, k+1, H]
+    s = cs.logprob.double()[:, :, None, None] + weights.double()[None, None, None, :] * r[..., None]  # [T, k+1, H, Nw]
+    outside = cs.gold_index == k  # [T]
+    # C_t = top-k plus the gold column only when the gold token is not already among the top-k.
+    valid = torch.ones(T, k1, dtype=torch.bool)
+    valid[:, k] = outside
+    lse = torch.logsumexp(s.masked_fill(~valid[:, :, None, None], float("-inf")), dim=1)  # [T, H, Nw]
+    s_gold = s[torch.arange(T), cs.gold_index]  # [T, H, Nw]
+    logp = s_gold - lse
+    if strict:
+        logp = logp.masked_fill(outside[:, None, None], float("-inf"))
+    return logp.mean(0) if reduce == "mean" else logp.sum(0)
+
+
+def pair_accuracy(s_chosen: torch.Tensor, s_rejected: torch.Tensor) -> dict:
+    """s_* [N, ...] scores of chosen and rejected responses -> accuracy (strict >), ties, n along dim 0."""
+    correct = (s_chosen > s_rejected).double()
+    ties = (s_chosen == s_rejected).double()
+    return {"accuracy": correct.mean(0), "ties": ties.sum(0), "n": s_chosen.shape[0]}

@@ -1,0 +1,100 @@
+"""Smoke test of the decode benchmark on tiny random models, and the ARGS baselines against the engine.
+
+The baselines and the engine's reward-guided modes run the same algorithm (greedy ARGS), so with the same head
+they must emit the same tokens; the head is strong enough that the reward really changes the output.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the benchmarks package, and tiny_models
+
+from tiny_models import make_tokenizer, save_tiny  # noqa: E402
+
+from benchmarks import decode  # noqa: E402
+from benchmarks.baselines import args_kcopy, args_nocache  # noqa: E402
+
+RESULT_FIELDS = ("tokens_per_s", "ms_per_token_median", "ms_per_token_p10", "ms_per_token_p90", "peak_mem_mb",
+                 "kv_cache_mb", "decode_tokens_per_s", "first_token_ms_median", "tokens")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    tok = make_tokenizer()
+    return {"root": root, "policy": save_tiny(root / "policy", "llama", seed=1, tokenizer=tok),
+            "rm": save_tiny(root / "rm", "llama", seed=3, hidden=48, tokenizer=tok)}
+
+
+@pytest.fixture(scope="module")
+def report(tiny):
+    out = tiny["root"] / "out" / "decode.json"
+    decode.main(["--model", str(tiny["policy"]), "--reward-model", str(tiny["rm"]), "--prompt-len", "20",
+                 "--new-tokens", "4", "--nocache-new-tokens", "4", "-k", "4", "-w", "2.0", "--repeats", "1",
+                 "--mixed-batch", "3", "--swap-repeats", "20", "--scaling", "--scaling-k", "1", "4",
+                 "--scaling-batch", "1", "2", "--json", str(out)])
+    return json.loads(out.read_text()), out
+
+
+def test_json_schema_and_side_files(report):
+    rep, out = report
+    cfg = rep["config"]
+    for key in ("params", "machine", "torch", "transformers", "backend", "git_hash", "date", "command"):
+        assert key in cfg, key
+    assert {"cpu", "cores", "load_average_start", "load_average_end"} <= set(cfg["machine"])
+    assert cfg["params"]["new_tokens"] == 4 and cfg["params"]["k"] == 4
+    assert cfg["backend"] in ("torch", "cpp")
+    assert set(rep["results"]) == set(decode.MODES)
+    for mode, r in rep["results"].items():
+        if mode == "head-swap":
+            continue
+        for field in RESULT_FIELDS:
+            assert r[field] is not None, (mode, field)
+        assert r["tokens_per_s"] > 0 and r["kv_cache_mb"] > 0 and r["peak_mem_mb"] > 0
+        assert r["ms_per_token_p10"] <= r["ms_per_token_median"] <= r["ms_per_token_p90"]
+        assert all(len(row) == r["new_tokens"] for row in r["tokens"])
+    assert rep["results"]["rgd-mixed"]["single_user_tokens_per_s"] > 0
+    assert set(rep["ratios"]) == {t[0] for t in decode.TARGETS}
+    for e in rep["ratios"].values():
+        assert {"value", "target", "op", "pass"} <= set(e)
+    assert [(r["k"], r["batch"]) for r in rep["scaling"]] == [(1, 1), (4, 1), (4, 2)]
+    csv_lines = out.with_suffix(".csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(decode.MODES) + len(rep["scaling"])
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_cross_mode_checks(report):
+    rep, _ = report
+    assert rep["checks"] == {"engine-greedy == hf-greedy": True, "args-kcopy == rgd-separate": True,
+                             "args-nocache == rgd-separate (prefix)": True, "kv formula == measured": True,
+                             "rgd-mixed row 0 == single-user row 0": True}
+    assert rep["results"]["head-swap"]["next_step_uses_new_head"] is True
+    res = rep["results"]
+    # The reward steered both guided modes, so agreeing with the baselines is not agreeing with greedy.
+    assert res["rgd-shared"]["tokens"] != res["engine-greedy"]["tokens"]
+    assert res["rgd-separate"]["tokens"] != res["engine-greedy"]["tokens"]
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["shared", "separate"])
+@pytest.mark.parametrize("baseline", [args_kcopy, args_nocache], ids=["kcopy", "nocache"])
+def test_baselines_equal_engine(tiny, separate, baseline):
+    """Batch of 2, 8 steps: the baseline with the engine's head emits the engine's tokens."""
+    from rgd_engine import Engine, GenerationConfig
+    from rgd_engine.models import load_causal_lm
+
+    policy = load_causal_lm(str(tiny["policy"]))
+    engine = Engine(policy, reward=load_causal_lm(str(tiny["rm"])) if separate else None)
+    engine.decoder.eos_ids = set()  # the baselines have no EOS: both run the full budget
+    bank = decode.random_bank(engine, 1, seed=5)
+    prompts = decode.build_prompts(engine.tokenizer, 2, 16)
+    gens = engine.decoder.generate(prompts, GenerationConfig(max_new_tokens=8, k=5), bank=bank,
+                                   slots=bank.slots(["u0", "u0"]), weights=torch.tensor([2.0, 2.0]))
+    w, b = bank.head("u0")
+    out = baseline(policy.hf_model, engine.backbone.base, w, b, torch.tensor(prompts), 8, 5, 2.0)
+    assert out.tokens.tolist() == [g.token_ids for g in gens]
+    plain = engine.decoder.generate(prompts, GenerationConfig(max_new_tokens=8))
+    assert [g.token_ids for g in gens] != [g.token_ids for g in plain]
