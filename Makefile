@@ -20,8 +20,9 @@ $(STAMP): setup.py build_ext.py $(wildcard csrc/*/*)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rgd-generate --model demo --chat --max-new-tokens 40 --stop "\n" \
-		--prompt "Write a one-line headline about a city council approving a new budget for parks."
+	$(VENV)/bin/rgd-eval run --model demo --output-dir runs/demo
+	$(VENV)/bin/rgd-generate --model demo --heads runs/demo/heads/per-user.safetensors --user u02 -k 10 -w 1 \
+		--stop "\n" --max-new-tokens 24 --prompt "$$(printf 'Generate a headline for the following article: The city council approved a new budget for parks and schools.\nHeadline:')"
 
 test: $(STAMP)
 	RGD_REQUIRE_EXT=1 $(PY) -m pytest -q tests
