@@ -6,8 +6,9 @@ attention mask against a preallocated KV cache, and applies the LM head itself t
 
 Two forwards give the same hidden states (within float rounding; tests/engine/test_fast_forward.py):
 - "fast": models/fast_llama.py, for Llama-family models (llama, mistral and qwen2 without sliding windows),
-  writing into a plain-tensor KV cache. Its projection weights are fused in place: the HF modules keep
-  working on slices of the fused tensors, so no weight is stored twice.
+  writing into a plain-tensor KV cache. Its projection weights are fused and stored transposed in place:
+  the HF modules keep working on (transposed) slices of the fused tensors, so no weight is stored twice;
+  the HF forward of such a model may differ from a freshly loaded one in the last float bits.
 - "hf": the HF base model with an HF StaticCache, for every architecture.
 `RGD_FORWARD=auto|hf|fast` (or `forward=`) picks one: auto = fast where supported, else hf (logged);
 an explicit `fast` for an unsupported model raises.

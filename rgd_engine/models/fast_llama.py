@@ -101,7 +101,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """q [B, H, q, D], k/v [B, Hkv, T, D], mask [B, 1, q, T] additive -> [B, q, H D].
 
     GQA without repeating K/V: the g = H / Hkv query heads sharing a kv head are stacked as g * q query rows
@@ -111,7 +111,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Hkv = k.shape[1]
     g = H // Hkv
     qg = q.reshape(B, Hkv, g * nq, D)
-    if mask is not None and g > 1:
+    if g > 1:
         mask = mask[:, :, None].expand(B, 1, g, nq, mask.shape[-1]).reshape(B, 1, g * nq, mask.shape[-1])
     out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # [B, Hkv, g q, D]; scale 1/sqrt(D)
     return out.reshape(B, H, nq, D).transpose(1, 2).reshape(B, nq, H * D)
@@ -139,9 +139,9 @@ class FastLlama:
                                           norm2=layer.post_attention_layernorm.weight))
         self.intermediate = self.layers[0].w_gate_up.shape[0] // 2
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                kv: torch.Tensor, start: int) -> torch.Tensor:
-        """ids [B, q] int64, positions [B, q] int64, mask [B, 1, q, start + q] additive or None (attend to all),
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor,
+                start: int) -> torch.Tensor:
+        """ids [B, q] int64, positions [B, q] int64, mask [B, 1, q, start + q] additive over the used slots,
         kv [L, 2, B, Hkv, S, D] the cache, new K/V written at slots [start, start + q) -> hidden [B, q, d]."""
         B, nq = ids.shape
         H, Hkv, D, end = self.n_heads, self.n_kv, self.head_dim, start + ids.shape[1]
