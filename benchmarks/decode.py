@@ -226,7 +226,6 @@ class Bench:
         cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype)
         self.engine = Engine.from_config(cfg, backend=args.backend)
         self.eos_ids = eos_token_ids(self.engine.policy.hf_model, self.engine.tokenizer)
-        self.engine.decoder.eos_ids = set()  # rows run to the budget (see module docstring)
         self._separate = None
         n_rows = max([args.batch, args.mixed_batch] + (list(args.scaling_batch) if args.scaling else []))
         self.prompts = build_prompts(self.engine.tokenizer, n_rows, args.prompt_len)
@@ -240,7 +239,6 @@ class Bench:
 
             rm = load_causal_lm(self.args.reward_model or self.args.model, self.args.dtype, self.args.device)
             self._separate = Engine(self.engine.policy, reward=rm, backend=self.args.backend)
-            self._separate.decoder.eos_ids = set()
         return self._separate
 
     def prompt_tensor(self, batch: int) -> torch.Tensor:
@@ -295,7 +293,8 @@ def engine_call(engine, prompts: list[list[int]], k: int = 1, bank=None, slots=N
     weights = None if bank is None else torch.full((len(prompts),), float(weight))
 
     def call(n: int) -> Run:
-        gens = engine.decoder.generate(prompts, GenerationConfig(max_new_tokens=n, k=k), bank=bank, slots=slots,
+        cfg = GenerationConfig(max_new_tokens=n, k=k, ignore_eos=True)
+        gens = engine.decoder.generate(prompts, cfg, bank=bank, slots=slots,
                                        weights=weights)
         return Run([g.token_ids for g in gens], None)
 
@@ -423,7 +422,7 @@ def next_step_uses_new_head(bench: Bench, bank, user: str) -> bool:
     """Decode one step, swap `user`'s head to (2w, 2b + 1), decode again: rewards must be exactly 2r + 1."""
     from rgd_engine import GenerationConfig
 
-    cfg = GenerationConfig(max_new_tokens=1, k=bench.args.k, return_scores=True)
+    cfg = GenerationConfig(max_new_tokens=1, k=bench.args.k, return_scores=True, ignore_eos=True)
     slots, weights = bank.slots([user]), torch.tensor([bench.args.weight])
 
     def step():
@@ -547,7 +546,7 @@ def build_config(args, argv: list[str], bench: Bench) -> dict:
         "notes": {
             "timing": "wall time of one whole generate call incl. prefill; ms/token = per decode step; "
                       "decode_tokens_per_s excludes prefill via the 1-token calls",
-            "eos": "EOS ignored: engine eos_ids emptied, HF min_new_tokens=max_new_tokens, baselines have none",
+            "eos": "EOS ignored: engine GenerationConfig(ignore_eos=True), HF min_new_tokens=max_new_tokens, baselines have none",
             "args-nocache": f"measured with {args.nocache_new_tokens} new tokens (slow); compare ms/token",
             "args-kcopy": "prompt prefilled once then repeated k times (the ARGS reference prefills k copies)",
             "baselines": "both ARGS baselines use the separate reward backbone (--reward-model)",

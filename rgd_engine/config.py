@@ -54,6 +54,7 @@ class GenerationConfig(_JSONMixin):
     top_p: float = 1.0
     seed: int | None = None
     return_scores: bool = False
+    ignore_eos: bool = False  # run every row to max_new_tokens (benchmarks)
 
     def validate(self):
         if self.max_new_tokens < 1:

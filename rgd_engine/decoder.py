@@ -105,7 +105,8 @@ class Decoder:
             gen.manual_seed(cfg.seed)
         else:
             gen.seed()
-        rows = [RowStopper(self.policy.tokenizer, self.eos_ids, tuple(cfg.stop)) for _ in range(B)]
+        eos = set() if cfg.ignore_eos else self.eos_ids
+        rows = [RowStopper(self.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
         steps: list[list] = [[] for _ in range(B)]
         done = [False] * B
         for t in range(cfg.max_new_tokens):

@@ -70,3 +70,13 @@ def test_bad_generation_config_is_rejected(tiny_dirs, load):
             engine.generate(PROMPTS, **bad)
     with pytest.raises(ValueError, match="unknown fields"):
         engine.generate(PROMPTS, max_tokens=3)
+
+
+def test_eos_stops_a_row_unless_ignored(tiny_dirs, load):
+    engine = Engine(load(tiny_dirs["llama"]))
+    first = engine.generate(PROMPTS[:1], max_new_tokens=6)[0].token_ids
+    engine.decoder.eos_ids = {first[1]}  # this engine's decoder only: pretend the second greedy token is EOS
+    stopped = engine.generate(PROMPTS[:1], max_new_tokens=6)[0]
+    forced = engine.generate(PROMPTS[:1], max_new_tokens=6, ignore_eos=True)[0]
+    assert stopped.token_ids == first[:2] and stopped.finish_reason == "eos"
+    assert forced.token_ids == first and forced.finish_reason == "length"
