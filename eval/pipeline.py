@@ -60,6 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for ROUGE CIs")
+    p.add_argument("--policy-acc-strict", action="store_true",
+                   help="policy accuracy: a gold token outside the top-k gives -inf (default: it joins C_t)")
+    p.add_argument("--policy-acc-reduce", default="mean", choices=["mean", "sum"],
+                   help="policy accuracy: S(y) is the mean (default) or the sum of log pi~(y_t)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
     p.add_argument("--backend", default=None, help="kernel backend (default: $RGD_BACKEND or auto)")
 
@@ -183,7 +187,8 @@ def compute_candidate_states(engine, run_dir, key, pairs, prompts, k, backend):
     return out
 
 
-def policy_accuracies(trees, pairs, heads_by_cfg: dict[str, dict], weights: list[float]) -> dict[str, dict]:
+def policy_accuracies(trees, pairs, heads_by_cfg: dict[str, dict], weights: list[float], strict: bool = False,
+                      reduce: str = "mean") -> dict[str, dict]:
     """Policy accuracy of every configuration at every w. heads_by_cfg: cfg -> {user: (w, b)}."""
     from rgd_engine.policy_accuracy import pair_accuracy, sequence_scores
 
@@ -194,8 +199,8 @@ def policy_accuracies(trees, pairs, heads_by_cfg: dict[str, dict], weights: list
         W = torch.stack([heads_by_cfg[c][p.user_id][0].float() for c in cfgs])  # [C, d]
         b = torch.tensor([float(heads_by_cfg[c][p.user_id][1]) for c in cfgs])  # [C]
         cw, cl = trees[p.pair_id]
-        s_w.append(sequence_scores(cw, W, b, wt))  # [C, Nw]
-        s_l.append(sequence_scores(cl, W, b, wt))
+        s_w.append(sequence_scores(cw, W, b, wt, strict=strict, reduce=reduce))  # [C, Nw]
+        s_l.append(sequence_scores(cl, W, b, wt, strict=strict, reduce=reduce))
     acc = pair_accuracy(torch.stack(s_w), torch.stack(s_l))  # accuracy [C, Nw]
     return {c: {w: float(acc["accuracy"][i, j]) for j, w in enumerate(weights)} for i, c in enumerate(cfgs)}
 
@@ -257,7 +262,7 @@ def run(args) -> int:
     test_pairs = pref.select("test", "query")
     trees = compute_candidate_states(engine, run_dir, feat_key, test_pairs, prompts, args.k, args.backend)
     cfg_heads = {f"{n}/{v}": heads_test for (n, v), (_, _, heads_test) in fitted.items()}
-    pol = policy_accuracies(trees, test_pairs, cfg_heads, weights)
+    pol = policy_accuracies(trees, test_pairs, cfg_heads, weights, args.policy_acc_strict, args.policy_acc_reduce)
 
     reward_models: dict[str, dict] = {}
     selected: dict[str, str] = {}

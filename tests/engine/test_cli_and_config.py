@@ -1,6 +1,8 @@
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,8 +47,8 @@ def test_cli_errors_name_the_problem(tiny_dirs, capsys, tmp_path):
 
 
 def test_console_script_is_installed(tiny_dirs):
-    exe = subprocess.run([sys.executable, "-c", "import shutil; print(shutil.which('rgd-generate') or '')"],
-                         capture_output=True, text=True).stdout.strip()
+    beside = Path(sys.executable).parent / "rgd-generate"  # the venv's scripts folder, even when not on PATH
+    exe = str(beside) if beside.is_file() else shutil.which("rgd-generate")
     if not exe:
         pytest.skip("rgd-generate is not on PATH (package not pip-installed in this environment)")
     out = subprocess.run([exe, "--model", str(tiny_dirs["gpt2"]), "--prompt", "News:", "--max-new-tokens", "3",
