@@ -4,10 +4,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 
 from .config import EngineConfig, GenerationConfig
 from .errors import RGDError
+
+
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """The escapes \\n \\t \\r \\\\ typed on a command line -> the characters (other text is kept as is)."""
+    return re.sub(r"\\[ntr\\]", lambda m: _ESCAPES[m.group()], text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="ARGS candidates per step (top-k of the policy)")
     p.add_argument("-w", "--weight", type=float, default=1.0, help="ARGS reward weight w")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--stop", nargs="*", default=[], help="stop strings (the continuation is cut before them)")
+    p.add_argument("--stop", nargs="*", default=[], type=unescape,
+                   help="stop strings (the continuation is cut before them); backslash escapes such as \\n work")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="plain sampling: keep the top-k tokens (0 = all)")

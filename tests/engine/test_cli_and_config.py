@@ -55,3 +55,10 @@ def test_console_script_is_installed(tiny_dirs):
                           "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["token_ids"]) == 3
+
+
+def test_cli_stop_accepts_backslash_escapes():
+    from rgd_engine.cli import build_parser
+
+    args = build_parser().parse_args(["--prompt", "x", "--stop", "\\n", ".", "a\\tb", "é\\n"])
+    assert args.stop == ["\n", ".", "a\tb", "é\n"]
