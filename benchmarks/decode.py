@@ -358,27 +358,29 @@ def run_rgd_separate(bench: Bench) -> dict:
     return run_rgd(bench, "rgd-separate", bench.separate, a.batch, a.k, ["u0"] * a.batch)
 
 
+def run_baseline(bench: Bench, name: str, fn, new_tokens: int, kv: int) -> dict:
+    """Measure one published-style ARGS baseline with the separate reward backbone and user u0's head."""
+    a = bench.args
+    call = baseline_call(fn, bench, a.batch, random_bank(bench.separate, 1, a.seed))
+    result = measure(name, call, batch=a.batch, new_tokens=new_tokens, args=a, device=bench.device, kv_formula=kv,
+                     eos_ids=bench.eos_ids)
+    result["k"] = a.k
+    return result
+
+
 def run_args_kcopy(bench: Bench) -> dict:
     a, p, rm = bench.args, bench.engine.policy, bench.separate.reward
     n = a.new_tokens
     kv = (kv_bytes(p.config, a.batch, a.prompt_len + n - 1, p.dtype)
           + kv_bytes(rm.config, a.batch * a.k, a.prompt_len + n, rm.dtype))  # k copies of every prefix
-    call = baseline_call(args_kcopy, bench, a.batch, random_bank(bench.separate, 1, a.seed))
-    result = measure("args-kcopy", call, batch=a.batch, new_tokens=n, args=a, device=bench.device, kv_formula=kv,
-                     eos_ids=bench.eos_ids)
-    result["k"] = a.k
-    return result
+    return run_baseline(bench, "args-kcopy", args_kcopy, n, kv)
 
 
 def run_args_nocache(bench: Bench) -> dict:
     a, p = bench.args, bench.engine.policy
     n = a.nocache_new_tokens  # slow: fewer tokens; ms/token is what compares
     kv = kv_bytes(p.config, a.batch, a.prompt_len + n - 1, p.dtype)  # the policy's cache only
-    call = baseline_call(args_nocache, bench, a.batch, random_bank(bench.separate, 1, a.seed))
-    result = measure("args-nocache", call, batch=a.batch, new_tokens=n, args=a, device=bench.device, kv_formula=kv,
-                     eos_ids=bench.eos_ids)
-    result["k"] = a.k
-    return result
+    return run_baseline(bench, "args-nocache", args_nocache, n, kv)
 
 
 def run_rgd_mixed(bench: Bench) -> dict:

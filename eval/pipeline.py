@@ -267,9 +267,10 @@ def run(args) -> int:
     reward_models: dict[str, dict] = {}
     selected: dict[str, str] = {}
     for (name, vname), (hp, heads_train, heads_test) in fitted.items():
-        entry = rm_entry(hp, rm_accuracy(heads_test, test_query), pol[f"{name}/{vname}"])
+        test_acc = rm_accuracy(heads_test, test_query)
+        entry = rm_entry(hp, test_acc, pol[f"{name}/{vname}"])
         entry["rm_accuracy_validation"] = rm_accuracy(heads_train, train_query)["overall"]["accuracy"]
-        entry["rm_accuracy_per_user"] = rm_accuracy(heads_test, test_query)["per_user"]
+        entry["rm_accuracy_per_user"] = test_acc["per_user"]
         reward_models.setdefault(name, {})[vname] = entry
         best = selected.get(name)
         if best is None or entry["rm_accuracy_validation"] > reward_models[name][best]["rm_accuracy_validation"]:

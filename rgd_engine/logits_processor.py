@@ -10,6 +10,7 @@ from transformers import LogitsProcessor
 
 from .features import last_token_states
 from .heads import HeadBank
+from .kernels import score_select
 from .models import CausalLM
 
 
@@ -35,9 +36,8 @@ class ARGSLogitsProcessor(LogitsProcessor):
         real = torch.ones(B, L, dtype=torch.bool)
         real[:, :self.prompt_mask.shape[1]] = self.prompt_mask
         seqs = [input_ids[b][real[b]].tolist() + [int(v)] for b in range(B) for v in top_ids[b]]
-        h = last_token_states(self.backbone, seqs).view(B, self.k, -1)  # [B, k, d]
-        w = self.bank.W[self.slots.clamp(min=0)].cpu()  # [B, d]
-        r = torch.einsum("bkd,bd->bk", h, w) + self.bank.b[self.slots.clamp(min=0)].cpu()[:, None]
-        r = torch.where(self.slots[:, None].cpu() >= 0, r, torch.zeros_like(r))
+        h = last_token_states(self.backbone, seqs).view(B, self.k, -1).to(self.bank.W.device)  # [B, k, d]
+        weight = torch.full((B,), float(self.weight), device=h.device)
+        _, s, _ = score_select(h, self.bank.W, self.bank.b, self.slots, top_lp.to(h.device), weight)  # [B, k]
         out = torch.full_like(scores, float("-inf"))
-        return out.scatter(1, top_ids, (top_lp + self.weight * r.to(top_lp.device)).to(scores.dtype))
+        return out.scatter(1, top_ids, s.to(device=scores.device, dtype=scores.dtype))
