@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -20,11 +21,13 @@ def _study(gen):
     ds = load_lamp(DEFAULT_LAMP_DIR)
     pref = build_pref_lamp(ds, "other-user", seed=0)
     d = 16
+    # A weak shared preference direction, so the RM variants' accuracies differ (pure noise often ties them all)
+    taste = 0.25 * torch.randn(d, generator=gen)
     feats = {}
     for split in ("train", "test"):
         for kind in ("profile", "query"):
             pairs = pref.select(split, kind)
-            feats[split, kind] = features_by_user(pairs, torch.randn(len(pairs), d, generator=gen),
+            feats[split, kind] = features_by_user(pairs, torch.randn(len(pairs), d, generator=gen) + taste,
                                                   torch.randn(len(pairs), d, generator=gen))
     reward_models = {}
     for name in ("global", "per-user"):
@@ -50,8 +53,8 @@ def test_results_schema_and_kendall(gen):
     assert res["data"]["build"]["authors_skipped_too_few_items"] == 381
     pts = [(e["rm_accuracy"], e["policy_accuracy"][w]) for v in res["reward_models"].values()
            for e in v.values() for w in ("0.5", "1")]
-    ref = stats.kendalltau([p[0] for p in pts], [p[1] for p in pts], variant="b")
-    assert res["kendall"]["tau"] == pytest.approx(ref.statistic) and res["kendall"]["n"] == 8
+    ref = stats.kendalltau([p[0] for p in pts], [p[1] for p in pts], variant="b").statistic
+    assert res["kendall"]["tau"] == (None if math.isnan(ref) else pytest.approx(ref)) and res["kendall"]["n"] == 8
     assert res["kendall"]["per_w"]["0"]["tau"] is None  # w = 0: every configuration is the base policy
     assert res["generation"]["rgd/global/w=1"]["rouge1"]["mean"] == pytest.approx(1.0)
     assert "per_example" not in res["generation"]["icl"] and len(res["generation_examples"]["icl"]) == 48
