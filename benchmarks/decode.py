@@ -38,7 +38,10 @@ from tqdm import tqdm
 from benchmarks.baselines import args_kcopy, args_nocache, cache_bytes
 
 MODES = ("hf-greedy", "engine-greedy", "rgd-shared", "rgd-separate", "args-kcopy", "args-nocache", "rgd-mixed",
-         "head-swap")
+         "head-swap", "rgd-token", "rgd-logratio", "rgd-bon-block")
+# The other scoring rules (decoder.py), reported next to the ARGS modes as tokens/s relative to these modes.
+RULE_MODES = ("rgd-token", "rgd-logratio", "rgd-bon-block")
+RULE_BASES = ("engine-greedy", "rgd-shared")
 NEEDS_REWARD_MODEL = {"rgd-separate", "args-kcopy", "args-nocache"}
 REPO = Path(__file__).resolve().parents[1]
 
@@ -287,15 +290,18 @@ def hf_call(bench: Bench, batch: int):
     return call
 
 
-def engine_call(engine, prompts: list[list[int]], k: int = 1, bank=None, slots=None, weight: float = 0.0):
+def engine_call(engine, prompts: list[list[int]], k: int = 1, bank=None, slots=None, weight: float = 0.0,
+                cond_prompts: list[list[int]] | None = None, **rule_cfg):
+    """rule_cfg: GenerationConfig fields of the scoring rule (rule, n_samples, block_size, seed)."""
     from rgd_engine import GenerationConfig
 
-    weights = None if bank is None else torch.full((len(prompts),), float(weight))
+    guided = bank is not None or cond_prompts is not None
+    weights = torch.full((len(prompts),), float(weight)) if guided else None
 
     def call(n: int) -> Run:
-        cfg = GenerationConfig(max_new_tokens=n, k=k, ignore_eos=True)
-        gens = engine.decoder.generate(prompts, cfg, bank=bank, slots=slots,
-                                       weights=weights)
+        cfg = GenerationConfig(max_new_tokens=n, k=k, ignore_eos=True, **rule_cfg)
+        gens = engine.decoder.generate(prompts, cfg, bank=bank, slots=slots, weights=weights,
+                                       cond_prompts=cond_prompts)
         return Run([g.token_ids for g in gens], None)
 
     return call
@@ -440,9 +446,67 @@ def next_step_uses_new_head(bench: Bench, bank, user: str) -> bool:
                                                                           rtol=1e-4, atol=1e-4)
 
 
+def random_token_bank(engine, rank: int, seed: int):
+    """Token-level bank with user u0: P, Q ~ N(0, 1/d), so e_v . (P^T Q h) is of order 1 like the ARGS heads."""
+    d = engine.hidden_size
+    g = torch.Generator().manual_seed(seed)
+    bank = engine.new_token_bank(rank, capacity=1)
+    bank.add("u0", torch.randn(rank, d, generator=g) / math.sqrt(d), torch.randn(rank, d, generator=g) / math.sqrt(d))
+    return bank
+
+
+def run_rgd_token(bench: Bench) -> dict:
+    """`token` rule, shared trunk: one 1-token forward per step, the k candidates' embedding rows only."""
+    a, p = bench.args, bench.engine.policy
+    bank = random_token_bank(bench.engine, a.token_rank, a.seed)
+    kv = kv_bytes(p.config, a.batch, a.prompt_len + a.new_tokens + 1, p.dtype)
+    call = engine_call(bench.engine, bench.prompts[:a.batch], k=a.k, bank=bank, slots=bank.slots(["u0"] * a.batch),
+                       weight=a.weight, rule="token")
+    result = measure("rgd-token", call, batch=a.batch, new_tokens=a.new_tokens, args=a, device=bench.device,
+                     kv_formula=kv, eos_ids=bench.eos_ids)
+    result.update(k=a.k, rank=a.token_rank)
+    return result
+
+
+def run_rgd_logratio(bench: Bench) -> dict:
+    """`logratio` rule: the policy conditioned on a --context-len-token profile before the prompt, its own cache."""
+    a, p = bench.args, bench.engine.policy
+    prompts = bench.prompts[:a.batch]
+    context = build_prompts(bench.engine.tokenizer, a.batch + 1, a.context_len)[1:]  # other rows' text as profile
+    conds = [c + x for c, x in zip(context, prompts)]
+    kv = (kv_bytes(p.config, a.batch, a.prompt_len + a.new_tokens + 1, p.dtype)
+          + kv_bytes(p.config, a.batch, a.context_len + a.prompt_len + a.new_tokens + 1, p.dtype))
+    call = engine_call(bench.engine, prompts, k=a.k, weight=a.weight, cond_prompts=conds, rule="logratio")
+    result = measure("rgd-logratio", call, batch=a.batch, new_tokens=a.new_tokens, args=a, device=bench.device,
+                     kv_formula=kv, eos_ids=bench.eos_ids)
+    result.update(k=a.k, context_len=a.context_len)
+    return result
+
+
+def run_rgd_bon_block(bench: Bench) -> dict:
+    """`bon-block` rule: N samples of M tokens per row, the best kept by u0's sequence-level head."""
+    a, p = bench.args, bench.engine.policy
+    bank = random_bank(bench.engine, 1, a.seed)
+    kv = kv_bytes(p.config, a.batch * a.bon_samples, a.prompt_len + a.new_tokens + 1, p.dtype)  # N rows per row
+    call = engine_call(bench.engine, bench.prompts[:a.batch], bank=bank, slots=bank.slots(["u0"] * a.batch),
+                       weight=a.weight, rule="bon-block", n_samples=a.bon_samples, block_size=a.bon_block_size,
+                       seed=a.seed)
+    result = measure("rgd-bon-block", call, batch=a.batch, new_tokens=a.new_tokens, args=a, device=bench.device,
+                     kv_formula=kv, eos_ids=bench.eos_ids)
+    result.update(n_samples=a.bon_samples, block_size=a.bon_block_size)
+    return result
+
+
+def rule_ratios(results: dict) -> dict:
+    """tokens/s of each other-rule mode relative to engine-greedy and rgd-shared (no targets: information)."""
+    return {f"{m}_vs_{b}": results[m]["tokens_per_s"] / results[b]["tokens_per_s"]
+            for m in RULE_MODES for b in RULE_BASES if m in results and b in results}
+
+
 RUNNERS = {"hf-greedy": run_hf_greedy, "engine-greedy": run_engine_greedy, "rgd-shared": run_rgd_shared,
            "rgd-separate": run_rgd_separate, "args-kcopy": run_args_kcopy, "args-nocache": run_args_nocache,
-           "rgd-mixed": run_rgd_mixed, "head-swap": run_head_swap}
+           "rgd-mixed": run_rgd_mixed, "head-swap": run_head_swap, "rgd-token": run_rgd_token,
+           "rgd-logratio": run_rgd_logratio, "rgd-bon-block": run_rgd_bon_block}
 
 
 def run_scaling(bench: Bench) -> list[dict]:
@@ -606,6 +670,8 @@ def print_report(report: dict):
     for name, e in report["ratios"].items():
         extra = f"  (prefill-free {e['decode_only_value']:.3f})" if e.get("decode_only_value") else ""
         print(f"  {'PASS' if e['pass'] else 'FAIL'}  {name:<36} {e['value']!s:.6} {e['op']} {e['target']}{extra}")
+    if report.get("rule_ratios"):
+        print("other rules (tokens/s ratios):", ", ".join(f"{k} {v:.3f}" for k, v in report["rule_ratios"].items()))
     print("checks:", ", ".join(f"{k}: {v}" for k, v in report["checks"].items()))
     if report.get("scaling"):
         print("\nscaling (rgd-shared):")
@@ -654,6 +720,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scaling-batch", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--scaling-repeats", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token-rank", type=int, default=8, help="rgd-token: rank r of the token-level heads")
+    p.add_argument("--context-len", type=int, default=256, help="rgd-logratio: profile tokens before the prompt")
+    p.add_argument("--bon-samples", type=int, default=4, help="rgd-bon-block: samples N per block")
+    p.add_argument("--bon-block-size", type=int, default=8, help="rgd-bon-block: tokens M per block")
     args = p.parse_args(argv)
     if args.new_tokens < 2 or args.nocache_new_tokens < 2:
         p.error("--new-tokens and --nocache-new-tokens must be >= 2 (the prefill split needs a decode step)")
@@ -676,6 +746,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["scaling"] = run_scaling(bench)
     config["machine"]["load_average_end"] = list(os.getloadavg())
     report["ratios"] = compute_ratios(results)
+    report["rule_ratios"] = rule_ratios(results)
     report["checks"] = compute_checks(results)
     write_outputs(report, args.json)
     print_report(report)

@@ -1,12 +1,13 @@
-"""Kernel benchmark: the two hot ops per backend vs the torch reference, measured in the same run.
+"""Kernel benchmark: the hot ops per backend vs the torch reference, measured in the same run.
 
     python -m benchmarks.kernels [--device cpu|cuda] [--json PATH] [--repeats N]
 
-Shapes: B in {1, 16}, V = 49152, d = 576, k = 10 (a SmolLM-class LM head; score_select with U = 64 heads).
+Shapes: B in {1, 16}, V = 49152, d = 576, k = 10 (a SmolLM-class LM head; score_select with U = 64 heads;
+gather_score_select with the LM head as the embedding table and the `logratio` rule, ratio = 1).
 Rows per op and B: every available backend (dispatch decides availability; triton on CPU only under
 TRITON_INTERPRET=1, which is far too slow to be worth timing), the torch reference, and "torch-fast", what a
-user would write (matmul + logsumexp + torch.topk / a gather + bmm + argmax). On CUDA the "floor" column is
-the time to read W once at the measured device copy bandwidth.
+user would write (matmul + logsumexp + torch.topk / for both selection ops a gather + bmm + argmax). On CUDA
+the "floor" column is the time to read W once at the measured device copy bandwidth.
 """
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ def torch_fast_score_select(cand, bank_w, bank_b, slot, logprob, weight, mode, t
     safe = slot.clamp(min=0)
     r = torch.bmm(cand, bank_w[safe][:, :, None]).squeeze(-1) + bank_b[safe][:, None]
     r = r * (slot >= 0)[:, None]
+    s = logprob + weight[:, None] * r
+    return s.argmax(-1), s, r
+
+
+def torch_fast_gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mode, tau, rand):
+    # [B, k, d]: gather the candidate rows, bmm with the query, then argmax
+    r = torch.bmm(emb[cand_ids], query[:, :, None]).squeeze(-1) + offset[:, None] - ratio * logprob
     s = logprob + weight[:, None] * r
     return s.argmax(-1), s, r
 
@@ -79,6 +87,8 @@ def run(device: torch.device, repeats: int):
         slot = torch.randint(-1, U, (B,), generator=g).to(device)
         logprob = (-torch.rand(B, K, generator=g) * 5).to(device)
         wgt, rand = torch.rand(B, generator=g).to(device), torch.rand(B, generator=g).to(device)
+        cand_ids, offset = torch.randint(0, V, (B, K), generator=g).to(device), torch.randn(B, generator=g).to(device)
+        gather_args = (hidden, weight, cand_ids, offset, logprob, wgt, 1.0, reference.GREEDY, 1.0, rand)
         impls = {
             "lmhead_topk": ({"reference": lambda: reference.lmhead_topk_ref(hidden, weight, K),
                              "torch-fast": lambda: torch_fast_lmhead(hidden, weight, K)}
@@ -90,6 +100,10 @@ def run(device: torch.device, repeats: int):
                              | {b: (lambda m=dispatch._load(b): m.score_select(cand, bank_w, bank_b, slot, logprob,
                                                                                 wgt, reference.GREEDY, 1.0, rand))
                                 for b in backends}),
+            "gather_score_select": ({"reference": lambda: reference.gather_score_select_ref(*gather_args),
+                                     "torch-fast": lambda: torch_fast_gather_score_select(*gather_args)}
+                                    | {b: (lambda m=dispatch._load(b): m.gather_score_select(*gather_args))
+                                       for b in backends}),
         }
         for op, fns in impls.items():
             n = repeats if op == "lmhead_topk" else repeats * 20
@@ -111,11 +125,11 @@ def print_table(result):
     m = result["meta"]
     print(f"device={m['device']} ({m['device_name']}) torch={m['torch']} threads={m['threads']}")
     has_floor = any("floor_ms" in r for r in result["rows"])
-    head = f"{'op':<13} {'B':>3} {'backend':<11} {'median ms':>10} {'x ref':>7}" + ("  floor ms  of floor" if has_floor else "")
+    head = f"{'op':<19} {'B':>3} {'backend':<11} {'median ms':>10} {'x ref':>7}" + ("  floor ms  of floor" if has_floor else "")
     print(head)
     print("-" * len(head))
     for r in result["rows"]:
-        line = f"{r['op']:<13} {r['B']:>3} {r['backend']:<11} {r['median_ms']:>10.4f} {r['speedup_vs_reference']:>7.2f}"
+        line = f"{r['op']:<19} {r['B']:>3} {r['backend']:<11} {r['median_ms']:>10.4f} {r['speedup_vs_reference']:>7.2f}"
         if "floor_ms" in r:
             line += f"  {r['floor_ms']:>8.4f}  {r['floor_fraction']:>7.1%}"
         print(line)
@@ -125,7 +139,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", help="write the results as JSON to this path")
-    ap.add_argument("--repeats", type=int, default=30, help="timed calls per lmhead_topk measurement (x20 for score_select)")
+    ap.add_argument("--repeats", type=int, default=30, help="timed calls per lmhead_topk measurement (x20 for the selection ops)")
     args = ap.parse_args(argv)
     result = run(torch.device(args.device), args.repeats)
     print_table(result)

@@ -5,6 +5,7 @@ import math
 from importlib.metadata import version
 
 import numpy as np
+import torch
 from rouge_score import rouge_scorer
 from scipy import stats
 
@@ -27,14 +28,21 @@ def rm_accuracy(heads: dict[str, Head], users: dict[str, PairFeatures]) -> dict:
     Returns {"overall": {correct, ties, n, accuracy} over all pairs, "macro": mean per-user accuracy,
     "per_user": {user: {...}}}. Rewards are computed in float64 from the given features.
     """
-    per_user = {}
+    rewards = {}
     for u in sorted(users):
         if u not in heads:
             raise KeyError(f"no head for user {u!r}")
         w, b = heads[u]
         w = w.double()
-        r_c = users[u].chosen.double() @ w + b  # [n]
-        r_r = users[u].rejected.double() @ w + b
+        rewards[u] = (users[u].chosen.double() @ w + b, users[u].rejected.double() @ w + b)  # [n], [n]
+    return accuracy_from_rewards(rewards)
+
+
+def accuracy_from_rewards(rewards: dict[str, tuple]) -> dict:
+    """{user: (r_chosen [n], r_rejected [n])} -> rm_accuracy's output (strict >, ties counted and wrong)."""
+    per_user = {}
+    for u in sorted(rewards):
+        r_c, r_r = (torch.as_tensor(x, dtype=torch.float64) for x in rewards[u])
         per_user[u] = _counts(int((r_c > r_r).sum()), int((r_c == r_r).sum()), len(r_c))
     tot = [sum(v[k] for v in per_user.values()) for k in ("correct", "ties", "n")]
     macro = float(np.mean([v["accuracy"] for v in per_user.values()])) if per_user else None

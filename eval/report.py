@@ -23,8 +23,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _system_order(name: str) -> tuple:
-    # Baselines first, then RGD systems by method and weight.
-    return ({"zero-shot": 0, "icl": 1}.get(name, 2), name)
+    # Baselines first, then reward-guided systems by method and weight, then best-of-N blocks.
+    return ({"zero-shot": 0, "icl": 1}.get(name, 3 if name.startswith("bon-block/") else 2), name)
 
 
 def data_section(data: dict) -> str:
@@ -49,14 +49,17 @@ def data_section(data: dict) -> str:
 def rm_section(results: dict) -> str:
     rms = results["reward_models"]
     ws = sorted({w for v in rms.values() for e in v.values() for w in e["policy_accuracy"]}, key=float)
-    rows = [[m, v, _f(e["rm_accuracy"]), str(e.get("rm_ties", ""))] +
+    rows = [[e.get("rule", "args"), m, v, _f(e["rm_accuracy"]), str(e.get("rm_ties", ""))] +
             [_f(e["policy_accuracy"].get(w)) for w in ws]
             for m, variants in rms.items() for v, e in variants.items()]
     k = results["kendall"]
     per_w = k.get("per_w", {})
     krows = [["pooled (w != 0)", _f(k["tau"]), _f(k["p_value"], 4), str(k["n"])]] + \
-        [[f"w={w}", _f(t["tau"]), _f(t["p_value"], 4), str(t["n"])] for w, t in per_w.items()]
-    return "\n".join([_table(["method", "variant", "RM acc", "RM ties"] + [f"policy acc w={w}" for w in ws], rows),
+        [[f"w={w}", _f(t["tau"]), _f(t["p_value"], 4), str(t["n"])] for w, t in per_w.items()] + \
+        [[f"rule {r} (w != 0)", _f(t["tau"]), _f(t["p_value"], 4), str(t["n"])]
+         for r, t in k.get("per_rule", {}).items()]
+    return "\n".join([_table(["rule", "method", "variant", "RM acc", "RM ties"] +
+                              [f"policy acc w={w}" for w in ws], rows),
                       "", f"{k['what']}.", "", _table(["points", "tau", "p", "n"], krows)])
 
 

@@ -16,7 +16,8 @@ from .preferences import PrefLaMP
 
 KENDALL_WHAT = ("Kendall tau-b between RM accuracy (held-out query pairs of the test users) and RGD policy "
                 "accuracy on the same pairs, one point per (method, variant, w) with w != 0 (at w = 0 every "
-                "configuration is the base policy); per_w: one point per (method, variant) at that w")
+                "configuration is the base policy), pooled over the rules args, token and logratio; per_w: one "
+                "point per (method, variant) at that w; per_rule: the pooled points of one rule")
 
 
 def w_key(w: float) -> str:
@@ -56,7 +57,15 @@ def kendall_rm_vs_policy(reward_models: dict) -> dict:
         xs = [(x, y) for x, y, ww in points if ww == w]
         per_w[w] = kendall_tau([x for x, _ in xs], [y for _, y in xs]) if len(xs) >= 2 else \
             {"tau": None, "p_value": None, "n": len(xs), "method": "fewer than 2 points"}
-    return {**out, "what": KENDALL_WHAT, "per_w": per_w}
+    rules = sorted({e.get("rule", "args") for variants in reward_models.values() for e in variants.values()})
+    per_rule = {}
+    if len(rules) > 1:
+        for rule in rules:
+            sub = {m: {v: e for v, e in variants.items() if e.get("rule", "args") == rule}
+                   for m, variants in reward_models.items()}
+            per_rule[rule] = {k: v for k, v in kendall_rm_vs_policy({m: v for m, v in sub.items() if v}).items()
+                              if k not in ("what", "per_w", "per_rule")}
+    return {**out, "what": KENDALL_WHAT, "per_w": per_w, "per_rule": per_rule}
 
 
 def generation_entry(scores: dict) -> dict:

@@ -7,7 +7,7 @@ import logging
 import re
 import sys
 
-from .config import EngineConfig, GenerationConfig
+from .config import RULES, EngineConfig, GenerationConfig
 from .errors import RGDError
 
 
@@ -26,8 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-model", default=None, help="separate reward backbone (same tokenizer); default: shared trunk")
     p.add_argument("--heads", default=None, help="head bank (.safetensors) with per-user reward heads")
     p.add_argument("--user", default=None, help="user id whose head guides decoding (needs --heads)")
-    p.add_argument("-k", type=int, default=10, help="ARGS candidates per step (top-k of the policy)")
-    p.add_argument("-w", "--weight", type=float, default=1.0, help="ARGS reward weight w")
+    p.add_argument("--rule", default="args", choices=list(RULES),
+                   help="scoring rule: args (sequence heads on each candidate), token (token-level heads, a token "
+                        "bank), logratio (reward = log pi(.|context + prompt) - log pi(.|prompt), needs --context), "
+                        "bon-block (best of --samples blocks of --block-size tokens)")
+    p.add_argument("--context", default=None, type=unescape,
+                   help="logratio: the user's profile text, put before the prompt for the conditioned policy")
+    p.add_argument("-k", type=int, default=10, help="candidates per step (top-k of the policy)")
+    p.add_argument("-w", "--weight", type=float, default=1.0, help="reward weight w")
+    p.add_argument("--samples", type=int, default=4, help="bon-block: samples N per block")
+    p.add_argument("--block-size", type=int, default=8, help="bon-block: tokens M per block")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--stop", nargs="*", default=[], type=unescape,
                    help="stop strings (the continuation is cut before them); backslash escapes such as \\n work")
@@ -47,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    if args.user is not None and args.heads is None:
+    if args.user is not None and args.heads is None and args.rule != "logratio":
         print("rgd-generate: --user needs --heads BANK.safetensors", file=sys.stderr)
+        return 2
+    if (args.rule == "logratio") != (args.context is not None):
+        print("rgd-generate: --context goes with --rule logratio (and logratio needs it)", file=sys.stderr)
         return 2
     from .engine import Engine
 
@@ -57,14 +68,16 @@ def main(argv: list[str] | None = None) -> int:
                                                  device=args.device, dtype=args.dtype), backend=args.backend)
         gen = GenerationConfig(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), k=args.k, weight=args.weight,
                                sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               seed=args.seed)
-        out = engine.generate([args.prompt], users=[args.user], config=gen, chat=args.chat)[0]
+                               seed=args.seed, rule=args.rule, n_samples=args.samples, block_size=args.block_size)
+        cond = [args.context + args.prompt] if args.rule == "logratio" else None
+        users = [None] if args.rule == "logratio" else [args.user]
+        out = engine.generate([args.prompt], users=users, config=gen, chat=args.chat, cond_prompts=cond)[0]
     except (RGDError, ValueError) as e:
         print(f"rgd-generate: error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
-                          "user": args.user, "k": args.k, "w": args.weight, "model": args.model,
+                          "user": args.user, "rule": args.rule, "k": args.k, "w": args.weight, "model": args.model,
                           "reward_model": args.reward_model, "sample": args.sample, "seed": args.seed}))
     else:
         print(out.text)

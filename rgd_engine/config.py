@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass, field
 
 
+RULES = ("args", "token", "logratio", "bon-block")
+
+
 class _JSONMixin:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -43,7 +46,8 @@ class EngineConfig(_JSONMixin):
 
 @dataclass
 class GenerationConfig(_JSONMixin):
-    """How to decode. k and weight only matter when a reward head applies (ARGS rule)."""
+    """How to decode. k and weight only matter when a reward applies; rule picks the scoring rule
+    (args | token | logratio | bon-block, see decoder.py); n_samples (N) and block_size (M) are bon-block's."""
     max_new_tokens: int = 64
     stop: tuple = field(default_factory=tuple)
     k: int = 10
@@ -55,6 +59,9 @@ class GenerationConfig(_JSONMixin):
     seed: int | None = None
     return_scores: bool = False
     ignore_eos: bool = False  # run every row to max_new_tokens (benchmarks)
+    rule: str = "args"
+    n_samples: int = 4
+    block_size: int = 8
 
     def validate(self):
         if self.max_new_tokens < 1:
@@ -63,5 +70,10 @@ class GenerationConfig(_JSONMixin):
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown rule {self.rule!r}; choose one of {', '.join(RULES)}")
+        if self.n_samples < 1 or self.block_size < 1:
+            raise ValueError(f"bon-block needs n_samples >= 1 and block_size >= 1, got {self.n_samples}, "
+                             f"{self.block_size}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")

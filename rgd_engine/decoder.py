@@ -1,11 +1,17 @@
-"""Batched, left-padded, KV-cached decoding, plain or reward-guided with the ARGS rule.
+"""Batched, left-padded, KV-cached decoding, plain or reward-guided by one of the scoring rules.
 
-Per step t of a guided row (DESIGN.md): candidates C = top-k of pi(.|x, y<t) from `lmhead_topk`; each
-candidate's reward r_u(x o y<t o v) is the head applied to the backbone's final-norm hidden state at that
-candidate, obtained by ONE forward of the k candidates as a depth-1 tree over the shared prefix cache;
-`score_select` forms s(v) = log pi(v) + w * r_u and picks argmax (or samples softmax(s / tau)).
-Shared trunk: the chosen candidate's hidden state is also the policy's next-step state, so a step costs one
-forward of k tokens. Separate reward model: policy 1 token + reward model k tokens per step.
+Every guided step starts from the policy's candidates C = top-k of pi(.|x, y<t) (`lmhead_topk`) and scores
+them s(v) = log pi(v) + w * r(v), then picks argmax (or samples softmax(s / tau)). The rules differ in r:
+- `args` (ARGS): r_u(x o y<t o v), a sequence-level head on the backbone's final-norm state at each candidate,
+  obtained by ONE forward of the k candidates as a depth-1 tree over the shared prefix cache (`score_select`).
+  Shared trunk: the chosen candidate's state is also the policy's next-step state, so a step costs one
+  forward of k tokens. Separate reward model: policy 1 token + reward model k tokens per step.
+- `token` (GenARM-style): r_u(v | h) = e_v . (A_u h) from the prefix state h alone, A_u = P_u^T Q_u of rank r
+  (`TokenHeadBank`); only the k candidates' embedding rows are read (`gather_score_select`). One 1-token
+  forward per step (plus one of the reward backbone when it is separate).
+- `logratio` (PAD-style): r_u(v) = log pi_u(v) - log pi(v), pi_u = the policy conditioned on the user's profile
+  in its prompt; a second KV cache of that prompt advances with every chosen token (`gather_score_select`).
+- `bon-block`: blockwise best-of-N, its own loop in bon_block.py.
 """
 from __future__ import annotations
 
@@ -14,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from .config import GenerationConfig
-from .heads import HeadBank
-from .kernels import GREEDY, SAMPLE, lmhead_topk, score_select
+from .heads import HeadBank, TokenHeadBank
+from .kernels import GREEDY, SAMPLE, gather_score_select, lmhead_topk, score_select
 from .models import CausalLM
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper, eos_token_ids
@@ -74,6 +80,13 @@ class _Stream:
         self.last_hidden = cand_hidden[torch.arange(chosen.shape[0], device=chosen.device), chosen]
 
 
+    def select_rows(self, index: torch.Tensor):
+        """Keep rows `index` [B'] (repeats allowed) of the cache, positions and last states."""
+        self.cache.select_rows(index)
+        self.next_pos = self.next_pos[index]
+        self.last_hidden = self.last_hidden[index]
+
+
 class Decoder:
     def __init__(self, policy: CausalLM, reward: CausalLM | None = None, backend: str | None = None):
         self.policy = policy
@@ -82,38 +95,56 @@ class Decoder:
         self.eos_ids = eos_token_ids(policy.hf_model, policy.tokenizer)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | None = None,
+    def generate(self, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | TokenHeadBank | None = None,
                  slots: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                 users: list | None = None) -> list[Generation]:
-        """prompts: token ids per row; slots [B] head-bank slots (-1 = none); weights [B] ARGS weights."""
+                 users: list | None = None, cond_prompts: list[list[int]] | None = None) -> list[Generation]:
+        """prompts: token ids per row; slots [B] head-bank slots (-1 = none); weights [B] reward weights w;
+        cond_prompts: the profile-conditioned prompt of each row (`logratio` rule only)."""
         cfg.validate()
         B, dev = len(prompts), self.policy.device
         if B == 0:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError(f"prompt {[len(p) for p in prompts].index(0)} is empty (no tokens)")
+        check_rule_inputs(cfg.rule, bank, cond_prompts, B)
+        if cfg.rule == "bon-block":
+            from .bon_block import generate_bon_block
+
+            return generate_bon_block(self, prompts, cfg, bank, slots, users)
         slots = torch.full((B,), -1, dtype=torch.int64, device=dev) if slots is None else slots.to(dev)
         weights = torch.full((B,), float(cfg.weight), device=dev) if weights is None else weights.to(dev).float()
-        guided = bank is not None and bool(((slots >= 0) & (weights != 0)).any())
+        if cfg.rule == "logratio":
+            guided = bool((weights != 0).any())
+        else:
+            guided = bank is not None and bool(((slots >= 0) & (weights != 0)).any())
         k = min(cfg.k, self.policy.vocab_size)
         ids, pad_mask = left_pad(prompts, self.policy.tokenizer.pad_token_id, dev)
-        capacity = ids.shape[1] + cfg.max_new_tokens + (k if guided else 1)
+        # Scratch slots past the committed tokens: k for the args candidate tree, 1 for a plain step.
+        capacity = ids.shape[1] + cfg.max_new_tokens + (k if guided and cfg.rule == "args" else 1)
         policy = _Stream(self.policy, ids, pad_mask, capacity)
-        rm = _Stream(self.reward, ids, pad_mask, capacity) if guided and self.reward is not None else None
         gen = torch.Generator(device=dev)
         if cfg.seed is not None:
             gen.manual_seed(cfg.seed)
         else:
             gen.seed()
+        if not guided:
+            step = _Plain(self, policy, cfg, gen)
+        elif cfg.rule == "args":
+            rm = _Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
+            step = _Args(self, policy, rm, bank, slots, weights, k, cfg, gen)
+        elif cfg.rule == "token":
+            rm = _Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
+            step = _Token(self, policy, rm, bank, slots, weights, k, cfg, gen)
+        else:
+            cond_ids, cond_mask = left_pad(cond_prompts, self.policy.tokenizer.pad_token_id, dev)
+            cond = _Stream(self.policy, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1)
+            step = _LogRatio(self, policy, cond, weights, k, cfg, gen)
         eos = set() if cfg.ignore_eos else self.eos_ids
         rows = [RowStopper(self.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
         steps: list[list] = [[] for _ in range(B)]
         done = [False] * B
         for t in range(cfg.max_new_tokens):
-            if guided:
-                tokens, info = self._guided_step(policy, rm, bank, slots, weights, k, cfg, gen)
-            else:
-                tokens, info = self._plain_step(policy, cfg, gen)
+            tokens, info = step.select()
             tok_list = tokens.tolist()
             for b in range(B):
                 if done[b]:
@@ -123,31 +154,128 @@ class Decoder:
                 done[b] = rows[b].push(tok_list[b])
             if all(done) or t == cfg.max_new_tokens - 1:
                 break
-            if not guided or rm is not None:
-                policy.step(tokens)
+            step.advance(tokens)
         return [Generation(text=r.text(), token_ids=r.ids, finish_reason=r.finish_reason or "length",
                            user=users[b] if users else None, steps=steps[b] if cfg.return_scores else None)
                 for b, r in enumerate(rows)]
 
-    def _plain_step(self, policy: _Stream, cfg: GenerationConfig, gen):
-        h = policy.last_hidden  # [B, d]
-        if cfg.sample:
-            logits = filter_logits(self.policy.logits(h), cfg.temperature, cfg.top_k, cfg.top_p)  # [B, V]
-            tokens = sample_tokens(logits, gen)
+
+def check_rule_inputs(rule: str, bank, cond_prompts, B: int) -> None:
+    """What each rule needs, with an error that says what is missing."""
+    if rule == "token" and bank is not None and not isinstance(bank, TokenHeadBank):
+        raise ValueError("rule 'token' needs a token-level head bank (TokenHeadBank, kind 'token'); "
+                         f"got a {type(bank).__name__}")
+    if rule in ("args", "bon-block") and bank is not None and not isinstance(bank, HeadBank):
+        raise ValueError(f"rule {rule!r} needs a sequence-level head bank (HeadBank, kind 'sequence'); "
+                         f"got a {type(bank).__name__}")
+    if rule == "logratio":
+        if cond_prompts is None:
+            raise ValueError("rule 'logratio' needs a profile-conditioned prompt per row (cond_prompts)")
+        if len(cond_prompts) != B:
+            raise ValueError(f"{B} prompts but {len(cond_prompts)} conditioned prompts")
+        if any(len(p) == 0 for p in cond_prompts):
+            raise ValueError(f"conditioned prompt {[len(p) for p in cond_prompts].index(0)} is empty (no tokens)")
+
+
+def _rand(cfg: GenerationConfig, B: int, gen, device):
+    return torch.rand(B, generator=gen, device=device) if cfg.sample else None
+
+
+class _Plain:
+    """No reward: greedy through the fused top-1, or plain sampling (temperature, top-k, top-p)."""
+
+    def __init__(self, dec: Decoder, policy: _Stream, cfg: GenerationConfig, gen):
+        self.dec, self.policy, self.cfg, self.gen = dec, policy, cfg, gen
+
+    def select(self):
+        h = self.policy.last_hidden  # [B, d]
+        if self.cfg.sample:
+            logits = filter_logits(self.dec.policy.logits(h), self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)
+            tokens = sample_tokens(logits, self.gen)
             logprob = torch.log_softmax(logits, -1).gather(1, tokens[:, None])
             return tokens, {"token": tokens, "logprob": logprob[:, 0]}
-        logprob, ids, _ = lmhead_topk(h, self.policy.lm_head_weight, 1, backend=self.backend)
+        logprob, ids, _ = lmhead_topk(h, self.dec.policy.lm_head_weight, 1, backend=self.dec.backend)
         return ids[:, 0], {"token": ids[:, 0], "logprob": logprob[:, 0]}
 
-    def _guided_step(self, policy: _Stream, rm: _Stream | None, bank: HeadBank, slots, weights, k, cfg, gen):
-        logprob, cand_ids, _ = lmhead_topk(policy.last_hidden, self.policy.lm_head_weight, k, backend=self.backend)
-        scorer = rm if rm is not None else policy
+    def advance(self, tokens):
+        self.policy.step(tokens)
+
+
+class _Args:
+    """ARGS: candidate tree forward of the reward backbone, sequence-level heads (`score_select`)."""
+
+    def __init__(self, dec: Decoder, policy: _Stream, rm: _Stream | None, bank: HeadBank, slots, weights, k, cfg, gen):
+        self.dec, self.policy, self.rm, self.bank = dec, policy, rm, bank
+        self.slots, self.weights, self.k, self.cfg, self.gen = slots, weights, k, cfg, gen
+
+    def select(self):
+        logprob, cand_ids, _ = lmhead_topk(self.policy.last_hidden, self.dec.policy.lm_head_weight, self.k,
+                                           backend=self.dec.backend)  # [B, k]
+        scorer = self.rm if self.rm is not None else self.policy
         cand_hidden = scorer.expand(cand_ids)  # [B, k, d]
-        mode = SAMPLE if cfg.sample else GREEDY
-        rand = torch.rand(len(slots), generator=gen, device=slots.device) if cfg.sample else None
-        chosen, scores, rewards = score_select(cand_hidden, bank.W, bank.b, slots, logprob, weights, mode,
-                                               cfg.temperature, rand, backend=self.backend)
-        scorer.keep(chosen, k, cand_hidden)
+        chosen, scores, rewards = score_select(cand_hidden, self.bank.W, self.bank.b, self.slots, logprob,
+                                               self.weights, SAMPLE if self.cfg.sample else GREEDY,
+                                               self.cfg.temperature, _rand(self.cfg, len(self.slots), self.gen,
+                                                                           self.slots.device),
+                                               backend=self.dec.backend)
+        scorer.keep(chosen, self.k, cand_hidden)  # shared trunk: this is also the policy's next state
         tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
         return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
                         "chosen": chosen}
+
+    def advance(self, tokens):
+        if self.rm is not None:
+            self.policy.step(tokens)
+
+
+class _Token:
+    """GenARM-style token-level heads: r_u(v | h) = e_v . (A_u h) on the prefix state (`gather_score_select`)."""
+
+    def __init__(self, dec: Decoder, policy: _Stream, rm: _Stream | None, bank: TokenHeadBank, slots, weights, k,
+                 cfg, gen):
+        self.dec, self.policy, self.rm, self.bank = dec, policy, rm, bank
+        self.slots, self.weights, self.k, self.cfg, self.gen = slots, weights, k, cfg, gen
+        self.scorer = rm if rm is not None else policy
+        self.zeros = torch.zeros(len(slots), device=slots.device)
+
+    def select(self):
+        logprob, cand_ids, _ = lmhead_topk(self.policy.last_hidden, self.dec.policy.lm_head_weight, self.k,
+                                           backend=self.dec.backend)  # [B, k]
+        query = self.bank.query(self.scorer.last_hidden, self.slots)  # [B, d]
+        chosen, scores, rewards = gather_score_select(
+            query, self.scorer.model.lm_head_weight, cand_ids, self.zeros, logprob, self.weights, 0.0,
+            SAMPLE if self.cfg.sample else GREEDY, self.cfg.temperature,
+            _rand(self.cfg, len(self.slots), self.gen, self.slots.device), backend=self.dec.backend)
+        tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
+        return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
+                        "chosen": chosen}
+
+    def advance(self, tokens):
+        self.policy.step(tokens)
+        if self.rm is not None:
+            self.rm.step(tokens)
+
+
+class _LogRatio:
+    """PAD-style: r_u(v) = log pi_u(v) - log pi(v) with pi_u the profile-conditioned policy (its own KV cache)."""
+
+    def __init__(self, dec: Decoder, policy: _Stream, cond: _Stream, weights, k, cfg, gen):
+        self.dec, self.policy, self.cond = dec, policy, cond
+        self.weights, self.k, self.cfg, self.gen = weights, k, cfg, gen
+
+    def select(self):
+        E = self.dec.policy.lm_head_weight
+        logprob, cand_ids, _ = lmhead_topk(self.policy.last_hidden, E, self.k, backend=self.dec.backend)  # [B, k]
+        h_u = self.cond.last_hidden  # [B, d]
+        _, _, lse_u = lmhead_topk(h_u, E, 1, backend=self.dec.backend)  # [B]: log Z of pi_u over all V
+        B = len(self.weights)
+        chosen, scores, rewards = gather_score_select(
+            h_u, E, cand_ids, -lse_u, logprob, self.weights, 1.0, SAMPLE if self.cfg.sample else GREEDY,
+            self.cfg.temperature, _rand(self.cfg, B, self.gen, self.weights.device), backend=self.dec.backend)
+        tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
+        return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
+                        "chosen": chosen}
+
+    def advance(self, tokens):
+        self.policy.step(tokens)
+        self.cond.step(tokens)

@@ -5,12 +5,12 @@ import torch
 
 from .config import EngineConfig, GenerationConfig
 from .decoder import Decoder, Generation
-from .heads import HeadBank
+from .heads import HeadBank, TokenHeadBank, load_bank
 from .models import CausalLM, check_same_tokenizer, load_causal_lm
 
 
 class Engine:
-    def __init__(self, policy: CausalLM, reward: CausalLM | None = None, heads: HeadBank | None = None,
+    def __init__(self, policy: CausalLM, reward: CausalLM | None = None, heads: HeadBank | TokenHeadBank | None = None,
                  backend: str | None = None, config: EngineConfig | None = None):
         if reward is not None:
             check_same_tokenizer(policy.tokenizer, policy.name, reward.tokenizer, reward.name)
@@ -27,7 +27,7 @@ class Engine:
         policy = load_causal_lm(config.model, config.dtype, config.device, config.attn_implementation)
         reward = (load_causal_lm(config.reward_model, config.dtype, config.device, config.attn_implementation)
                   if config.reward_model else None)
-        heads = HeadBank.from_file(config.heads, device=config.device) if config.heads else None
+        heads = load_bank(config.heads, device=config.device) if config.heads else None
         return cls(policy, reward, heads, backend=backend, config=config)
 
     @property
@@ -47,7 +47,7 @@ class Engine:
     def hidden_size(self) -> int:
         return self.backbone.hidden_size
 
-    def _check_bank(self, bank: HeadBank):
+    def _check_bank(self, bank: HeadBank | TokenHeadBank):
         if bank.hidden_size != self.hidden_size:
             raise ValueError(f"head bank hidden size {bank.hidden_size} != reward backbone {self.backbone_id!r} "
                              f"hidden size {self.hidden_size}")
@@ -55,6 +55,11 @@ class Engine:
     def new_bank(self, capacity: int = 16, default_user: str | None = None) -> HeadBank:
         return HeadBank(self.hidden_size, capacity, backbone_id=self.backbone_id, default_user=default_user,
                         device=self.policy.device)
+
+    def new_token_bank(self, rank: int, capacity: int = 16, default_user: str | None = None) -> TokenHeadBank:
+        """An empty bank of token-level heads (the `token` rule) for this engine's reward backbone."""
+        return TokenHeadBank(self.hidden_size, rank, capacity, backbone_id=self.backbone_id,
+                             default_user=default_user, device=self.policy.device)
 
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
         """Prompt text -> token ids; raw unless chat=True (then the tokenizer's chat template, generation prompt added)."""
@@ -66,10 +71,13 @@ class Engine:
                                                 tokenize=True, return_dict=False))
         return tok(prompt, add_special_tokens=True)["input_ids"]
 
-    def generate(self, prompts: list[str] | str, users: list | str | None = None, heads: HeadBank | None = None,
-                 config: GenerationConfig | None = None, chat: bool = False, weights: list[float] | None = None,
+    def generate(self, prompts: list[str] | str, users: list | str | None = None,
+                 heads: HeadBank | TokenHeadBank | None = None, config: GenerationConfig | None = None,
+                 chat: bool = False, weights: list[float] | None = None, cond_prompts: list[str | None] | None = None,
                  **overrides) -> list[Generation]:
-        """Decode each prompt; rows with a user (and a head bank) are reward-guided with the ARGS rule."""
+        """Decode each prompt with `config.rule`. args / token / bon-block: rows with a user (and a head bank of
+        the rule's kind) are reward-guided. logratio: every row with w != 0 is guided by the policy conditioned on
+        its `cond_prompts` entry (the prompt with the user's profile in it; None = the plain prompt, reward 0)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if users is None or isinstance(users, str):
@@ -79,15 +87,25 @@ class Engine:
         cfg = config or GenerationConfig()
         if overrides:
             cfg = GenerationConfig.from_dict({**cfg.to_dict(), **overrides})
-        bank = heads if heads is not None else self.heads
-        if bank is not None:
-            self._check_bank(bank)
-        if bank is None and any(u is not None for u in users):
-            raise ValueError("users were given but no head bank is loaded (pass heads= or EngineConfig.heads)")
+        cond_ids = None
+        if cfg.rule == "logratio":
+            bank = None  # the reward is the conditioned policy itself
+            if cond_prompts is None:
+                raise ValueError("rule 'logratio' needs cond_prompts: each row's prompt with the user's profile in it")
+            if len(cond_prompts) != len(prompts):
+                raise ValueError(f"{len(prompts)} prompts but {len(cond_prompts)} cond_prompts")
+            cond_ids = [self.encode(c if c is not None else p, chat) for c, p in zip(cond_prompts, prompts)]
+        else:
+            bank = heads if heads is not None else self.heads
+            if bank is not None:
+                self._check_bank(bank)
+            if bank is None and any(u is not None for u in users):
+                raise ValueError("users were given but no head bank is loaded (pass heads= or EngineConfig.heads)")
         slots = bank.slots(users) if bank is not None else None
         w = torch.tensor(weights if weights is not None else [cfg.weight] * len(prompts), dtype=torch.float32)
         ids = [self.encode(p, chat) for p in prompts]
-        return self.decoder.generate(ids, cfg, bank=bank, slots=slots, weights=w, users=list(users))
+        return self.decoder.generate(ids, cfg, bank=bank, slots=slots, weights=w, users=list(users),
+                                     cond_prompts=cond_ids)
 
     @torch.inference_mode()
     def features(self, prompt_ids: list[list[int]], response_ids: list[list[int]], batch_size: int = 16) -> torch.Tensor:

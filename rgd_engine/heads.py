@@ -1,11 +1,17 @@
-"""Per-user reward-head bank: r_u(h) = W[slot(u)] . h + b[slot(u)].
+"""Per-user reward-head banks: a user -> slot map over fixed-capacity tensors.
 
-Fixed-capacity tensors W [capacity, d] and b [capacity] plus a user -> slot map. Adding, replacing or removing a
-user is an in-place copy into a slot (no reallocation), seen by the next decode step because the decoder reads
-the same tensors every step. When every slot is taken, `add` doubles the capacity: a one-off reallocation
-(documented cost, O(capacity * d)); the decoder re-reads `bank.W` each step so it picks up the new storage.
-Stored as safetensors with metadata (hidden size, backbone id, format version); save is atomic and load leaves
-the bank unchanged on any error.
+Two kinds of head, one slot mechanism:
+- `HeadBank` (kind "sequence", the ARGS and bon-block rules): r_u(h) = W[slot(u)] . h + b[slot(u)] on the
+  backbone's final-norm state of a whole candidate sequence. Tensors W [capacity, d], b [capacity].
+- `TokenHeadBank` (kind "token", the GenARM-style `token` rule): r_u(v | h) = e_v . (A_u h) with
+  A_u = P_u^T Q_u of rank r, e_v the backbone's output-embedding row of token v and h the prefix state.
+  Tensors P [capacity, r, d], Q [capacity, r, d]; never a V x d matrix per user.
+
+Adding, replacing or removing a user is an in-place copy into a slot (no reallocation), seen by the next decode
+step because the decoder reads the same tensors every step. When every slot is taken, `add` doubles the capacity:
+a one-off reallocation (documented cost, O(capacity * head size)); the decoder re-reads the tensors each step so
+it picks up the new storage. Stored as safetensors with metadata (kind, hidden size, rank, backbone id, format
+version); save is atomic and load leaves the bank unchanged on any error. `load_bank` opens either kind.
 """
 from __future__ import annotations
 
@@ -21,22 +27,41 @@ from .errors import HeadBankError, UnknownUserError
 FORMAT_VERSION = "1"
 
 
-class HeadBank:
-    def __init__(self, hidden_size: int, capacity: int = 16, backbone_id: str = "", default_user: str | None = None,
-                 device: str | torch.device = "cpu"):
+class _SlotBank:
+    """Slot bookkeeping, growth and persistence shared by both kinds. A subclass names its per-head tensors."""
+
+    KIND = ""
+
+    def __init__(self, hidden_size: int, capacity: int, backbone_id: str, default_user: str | None, device):
         if hidden_size <= 0 or capacity <= 0:
             raise HeadBankError(f"hidden_size and capacity must be positive, got {hidden_size}, {capacity}")
         self.hidden_size = int(hidden_size)
         self.backbone_id = backbone_id
         self.default_user = default_user
-        self.W = torch.zeros(capacity, hidden_size, dtype=torch.float32, device=device)  # [capacity, d]
-        self.b = torch.zeros(capacity, dtype=torch.float32, device=device)  # [capacity]
+        self.tensors = {name: torch.zeros((capacity, *shape), dtype=torch.float32, device=device)
+                        for name, shape in self.head_shapes().items()}
         self._slots: dict[str, int] = {}
         self._free = list(range(capacity - 1, -1, -1))  # pop() hands out the lowest slot first
 
+    # -- what a subclass defines --------------------------------------------------------------------------
+    def head_shapes(self) -> dict[str, tuple]:
+        """Per-head tensor name -> shape of one user's entry."""
+        raise NotImplementedError
+
+    def _meta(self) -> dict[str, str]:
+        return {}
+
+    def _apply_meta(self, meta: dict, path: Path) -> None:
+        pass
+
+    # -- slots ---------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.tensors.values())).device
+
     @property
     def capacity(self) -> int:
-        return self.W.shape[0]
+        return next(iter(self.tensors.values())).shape[0]
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -48,45 +73,46 @@ class HeadBank:
     def users(self) -> list[str]:
         return list(self._slots)
 
-    def _check_head(self, user: str, weight, bias) -> tuple[torch.Tensor, float]:
-        w = torch.as_tensor(weight)
-        if not w.is_floating_point():
-            raise HeadBankError(f"head of user {user!r}: weight must be floating point, got {w.dtype}")
-        if tuple(w.shape) != (self.hidden_size,):
-            raise HeadBankError(f"head of user {user!r}: weight shape {tuple(w.shape)} != ({self.hidden_size},)")
-        b = float(bias)
-        if not torch.isfinite(w).all() or not math.isfinite(b):
-            raise HeadBankError(f"head of user {user!r} contains NaN or inf")
-        return w, b
+    def _check(self, user: str, parts: dict) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, shape in self.head_shapes().items():
+            t = torch.as_tensor(parts[name])
+            if not t.is_floating_point():
+                raise HeadBankError(f"head of user {user!r}: {name} must be floating point, got {t.dtype}")
+            if tuple(t.shape) != shape:
+                raise HeadBankError(f"head of user {user!r}: {name} shape {tuple(t.shape)} != {shape}")
+            if not torch.isfinite(t).all():
+                raise HeadBankError(f"head of user {user!r} contains NaN or inf")
+            out[name] = t
+        return out
 
-    def _write(self, slot: int, w: torch.Tensor, b: float):
-        self.W[slot].copy_(w)  # in place: same storage, visible at the next decode step
-        self.b[slot] = b
+    def _write(self, slot: int, parts: dict[str, torch.Tensor]):
+        for name, t in parts.items():
+            self.tensors[name][slot].copy_(t)  # in place: same storage, visible at the next decode step
 
-    def add(self, user: str, weight, bias: float = 0.0) -> int:
+    def _add(self, user: str, parts: dict) -> int:
         if not isinstance(user, str) or not user:
             raise HeadBankError(f"user id must be a non-empty string, got {user!r}")
         if user in self._slots:
             raise HeadBankError(f"user {user!r} already has a head (slot {self._slots[user]}); use replace()")
-        w, b = self._check_head(user, weight, bias)
+        checked = self._check(user, parts)
         if not self._free:
             self._grow()
         slot = self._free.pop()
-        self._write(slot, w, b)
+        self._write(slot, checked)
         self._slots[user] = slot
         return slot
 
-    def replace(self, user: str, weight, bias: float = 0.0) -> int:
+    def _replace(self, user: str, parts: dict) -> int:
         slot = self._lookup(user)
-        w, b = self._check_head(user, weight, bias)
-        self._write(slot, w, b)
+        self._write(slot, self._check(user, parts))
         return slot
 
     def remove(self, user: str) -> None:
         slot = self._lookup(user)
         del self._slots[user]
-        self.W[slot].zero_()
-        self.b[slot] = 0.0
+        for t in self.tensors.values():
+            t[slot].zero_()
         self._free.append(slot)
 
     def _lookup(self, user: str) -> int:
@@ -106,65 +132,50 @@ class HeadBank:
         return self._lookup(user)
 
     def slots(self, users) -> torch.Tensor:
-        return torch.tensor([self.slot(u) for u in users], dtype=torch.int64, device=self.W.device)
-
-    def head(self, user: str) -> tuple[torch.Tensor, float]:
-        s = self._lookup(user)
-        return self.W[s].clone(), float(self.b[s])
+        return torch.tensor([self.slot(u) for u in users], dtype=torch.int64, device=self.device)
 
     def _grow(self):
         old = self.capacity
-        W = torch.zeros(2 * old, self.hidden_size, dtype=self.W.dtype, device=self.W.device)
-        b = torch.zeros(2 * old, dtype=self.b.dtype, device=self.b.device)
-        W[:old].copy_(self.W)
-        b[:old].copy_(self.b)
-        self.W, self.b = W, b
+        for name, t in self.tensors.items():
+            new = torch.zeros((2 * old, *t.shape[1:]), dtype=t.dtype, device=t.device)
+            new[:old].copy_(t)
+            self.tensors[name] = new
         self._free = list(range(2 * old - 1, old - 1, -1))
 
-    def to(self, device) -> "HeadBank":
-        self.W, self.b = self.W.to(device), self.b.to(device)
+    def to(self, device):
+        self.tensors = {n: t.to(device) for n, t in self.tensors.items()}
         return self
 
-    # ---- persistence ---------------------------------------------------------------------------------------
+    # -- persistence ---------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
-        meta = {"format_version": FORMAT_VERSION, "hidden_size": str(self.hidden_size),
+        meta = {"format_version": FORMAT_VERSION, "kind": self.KIND, "hidden_size": str(self.hidden_size),
                 "backbone_id": self.backbone_id, "default_user": self.default_user or "",
-                "slots": json.dumps(self._slots)}
-        tensors = {"W": self.W.detach().cpu().contiguous(), "b": self.b.detach().cpu().contiguous()}
+                "slots": json.dumps(self._slots), **self._meta()}
+        tensors = {n: t.detach().cpu().contiguous() for n, t in self.tensors.items()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
-    def from_file(cls, path: str | Path, device="cpu") -> "HeadBank":
-        bank = cls(hidden_size=1, capacity=1, device=device)
+    def from_file(cls, path: str | Path, device="cpu"):
+        bank = cls._blank(device)
         bank.load(path, expect_hidden_size=None)
         return bank
+
+    @classmethod
+    def _blank(cls, device):
+        raise NotImplementedError
 
     def load(self, path: str | Path, expect_hidden_size: int | None = -1, expect_backbone: str | None = None) -> None:
         """Replace this bank's contents with the file's. Everything is validated first; on error nothing changes.
 
         expect_hidden_size: -1 = this bank's hidden size, None = accept the file's."""
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise HeadBankError(f"head bank file {str(path)!r} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                keys = set(f.keys())
-                if keys != {"W", "b"}:
-                    raise HeadBankError(f"head bank {str(path)!r}: expected tensors W and b, found {sorted(keys)}")
-                W, b = f.get_tensor("W"), f.get_tensor("b")
-        except HeadBankError:
-            raise
-        except Exception as e:  # safetensors raises several types for corrupt files
-            raise HeadBankError(f"head bank {str(path)!r} is not a readable safetensors file: {e}") from e
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise HeadBankError(f"head bank {str(path)!r}: format version {meta.get('format_version')!r} "
-                                f"!= supported {FORMAT_VERSION!r}")
+        meta, tensors = read_bank_file(path)
+        kind = meta.get("kind") or HeadBank.KIND  # files written before token banks existed are sequence banks
+        if kind != self.KIND:
+            raise HeadBankError(f"head bank {str(path)!r} holds {kind!r} heads, not {self.KIND!r} heads")
         try:
             d = int(meta["hidden_size"])
             slots = json.loads(meta["slots"])
@@ -176,22 +187,157 @@ class HeadBank:
         if expect_backbone is not None and meta.get("backbone_id") != expect_backbone:
             raise HeadBankError(f"head bank {str(path)!r} was trained on backbone {meta.get('backbone_id')!r}, "
                                 f"not {expect_backbone!r}")
-        if W.dim() != 2 or W.shape[1] != d or tuple(b.shape) != (W.shape[0],):
-            raise HeadBankError(f"head bank {str(path)!r}: W {tuple(W.shape)} / b {tuple(b.shape)} do not match "
-                                f"hidden size {d}")
-        if not isinstance(slots, dict) or any(not isinstance(s, int) or not 0 <= s < W.shape[0] for s in slots.values()) \
+        staged = self._blank(self.device)
+        staged.hidden_size = d
+        staged._apply_meta(meta, path)
+        shapes = staged.head_shapes()
+        if set(tensors) != set(shapes):
+            raise HeadBankError(f"head bank {str(path)!r}: expected tensors {sorted(shapes)}, found {sorted(tensors)}")
+        cap = {t.shape[0] if t.dim() else -1 for t in tensors.values()}
+        if len(cap) != 1 or any(tuple(tensors[n].shape[1:]) != s for n, s in shapes.items()):
+            raise HeadBankError(f"head bank {str(path)!r}: tensor shapes "
+                                f"{ {n: tuple(t.shape) for n, t in tensors.items()} } do not match hidden size {d}")
+        capacity = cap.pop()
+        if not isinstance(slots, dict) or any(not isinstance(s, int) or not 0 <= s < capacity for s in slots.values()) \
                 or len(set(slots.values())) != len(slots):
             raise HeadBankError(f"head bank {str(path)!r}: slot map is invalid")
-        used = list(slots.values())
-        if not torch.isfinite(W[used]).all() or not torch.isfinite(b[used]).all():
-            bad = [u for u, s in slots.items() if not (torch.isfinite(W[s]).all() and torch.isfinite(b[s]))]
+        bad = [u for u, s in slots.items() if not all(torch.isfinite(t[s]).all() for t in tensors.values())]
+        if bad:
             raise HeadBankError(f"head bank {str(path)!r}: heads of users {bad[:5]} contain NaN or inf")
-        device = self.W.device
+        device = self.device
         self.hidden_size = d
+        self._apply_meta(meta, path)
         self.backbone_id = meta.get("backbone_id", "")
         self.default_user = meta.get("default_user") or None
-        self.W = W.to(device=device, dtype=torch.float32)
-        self.b = b.to(device=device, dtype=torch.float32)
+        self.tensors = {n: tensors[n].to(device=device, dtype=torch.float32) for n in shapes}
         self._slots = dict(slots)
-        taken = set(used)
-        self._free = [s for s in range(W.shape[0] - 1, -1, -1) if s not in taken]
+        taken = set(slots.values())
+        self._free = [s for s in range(capacity - 1, -1, -1) if s not in taken]
+
+
+def read_bank_file(path: Path) -> tuple[dict, dict]:
+    """(metadata, tensors) of a head-bank file, with a clear error for a missing, corrupt or foreign file."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise HeadBankError(f"head bank file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for corrupt files
+        raise HeadBankError(f"head bank {str(path)!r} is not a readable safetensors file: {e}") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise HeadBankError(f"head bank {str(path)!r}: format version {meta.get('format_version')!r} "
+                            f"!= supported {FORMAT_VERSION!r}")
+    return meta, tensors
+
+
+class HeadBank(_SlotBank):
+    """Sequence-level heads r_u(h) = W[slot] . h + b[slot] (ARGS, bon-block)."""
+
+    KIND = "sequence"
+
+    def __init__(self, hidden_size: int, capacity: int = 16, backbone_id: str = "", default_user: str | None = None,
+                 device: str | torch.device = "cpu"):
+        super().__init__(hidden_size, capacity, backbone_id, default_user, device)
+
+    def head_shapes(self):
+        return {"W": (self.hidden_size,), "b": ()}
+
+    @classmethod
+    def _blank(cls, device):
+        return cls(hidden_size=1, capacity=1, device=device)
+
+    @property
+    def W(self) -> torch.Tensor:  # [capacity, d]
+        return self.tensors["W"]
+
+    @property
+    def b(self) -> torch.Tensor:  # [capacity]
+        return self.tensors["b"]
+
+    def add(self, user: str, weight, bias: float = 0.0) -> int:
+        return self._add(user, {"W": weight, "b": _scalar(user, bias)})
+
+    def replace(self, user: str, weight, bias: float = 0.0) -> int:
+        return self._replace(user, {"W": weight, "b": _scalar(user, bias)})
+
+    def head(self, user: str) -> tuple[torch.Tensor, float]:
+        s = self._lookup(user)
+        return self.W[s].clone(), float(self.b[s])
+
+
+class TokenHeadBank(_SlotBank):
+    """Token-level heads r_u(v | h) = e_v . (P_u^T Q_u h) of rank r (the `token` rule)."""
+
+    KIND = "token"
+
+    def __init__(self, hidden_size: int, rank: int, capacity: int = 16, backbone_id: str = "",
+                 default_user: str | None = None, device: str | torch.device = "cpu"):
+        if rank <= 0:
+            raise HeadBankError(f"token head rank must be positive, got {rank}")
+        self.rank = int(rank)
+        super().__init__(hidden_size, capacity, backbone_id, default_user, device)
+
+    def head_shapes(self):
+        return {"P": (self.rank, self.hidden_size), "Q": (self.rank, self.hidden_size)}
+
+    def _meta(self):
+        return {"rank": str(self.rank)}
+
+    def _apply_meta(self, meta, path):
+        try:
+            self.rank = int(meta["rank"])
+        except (KeyError, ValueError) as e:
+            raise HeadBankError(f"head bank {str(path)!r}: bad metadata (rank: {e})") from e
+
+    @classmethod
+    def _blank(cls, device):
+        return cls(hidden_size=1, rank=1, capacity=1, device=device)
+
+    @property
+    def P(self) -> torch.Tensor:  # [capacity, r, d]
+        return self.tensors["P"]
+
+    @property
+    def Q(self) -> torch.Tensor:  # [capacity, r, d]
+        return self.tensors["Q"]
+
+    def add(self, user: str, P, Q) -> int:
+        return self._add(user, {"P": P, "Q": Q})
+
+    def replace(self, user: str, P, Q) -> int:
+        return self._replace(user, {"P": P, "Q": Q})
+
+    def head(self, user: str) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self._lookup(user)
+        return self.P[s].clone(), self.Q[s].clone()
+
+    def query(self, hidden: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """A_u h = P_u^T (Q_u h) per row: the vector the candidates' embedding rows are dotted with.
+
+        hidden [B, d], slots [B] (-1 = no head) -> [B, d] float32, zero where slots == -1.
+        The rank-r shrink / expand of a gathered low-rank pair, as in multi-LoRA serving (BGMV).
+        """
+        safe = slots.clamp(min=0)
+        z = torch.einsum("brd,bd->br", self.Q[safe], hidden.float())  # [B, r]
+        q = torch.einsum("brd,br->bd", self.P[safe], z)  # [B, d]
+        return torch.where((slots >= 0)[:, None], q, torch.zeros_like(q))
+
+
+def _scalar(user: str, bias) -> float:
+    b = float(bias)
+    if not math.isfinite(b):
+        raise HeadBankError(f"head of user {user!r} contains NaN or inf")
+    return b
+
+
+def load_bank(path: str | Path, device="cpu") -> HeadBank | TokenHeadBank:
+    """Open a head-bank file of either kind (the file's metadata says which)."""
+    meta, _ = read_bank_file(Path(path))
+    kind = meta.get("kind") or HeadBank.KIND
+    classes = {c.KIND: c for c in (HeadBank, TokenHeadBank)}
+    if kind not in classes:
+        raise HeadBankError(f"head bank {str(path)!r}: unknown kind {kind!r}; expected one of {sorted(classes)}")
+    return classes[kind].from_file(path, device=device)

@@ -106,6 +106,19 @@ class KVCache:
         self._bias[:, self.length] = 0
         self.length += 1
 
+    def select_rows(self, index: torch.Tensor):
+        """Rebuild the batch from rows `index` [B'] (repeats allowed): best-of-N fans rows out N-fold and copies
+        each group's winner over its losers. One gather of the whole cache; the batch size may change."""
+        index = index.to(self._bias.device)
+        self._bias = self._bias[index]
+        if self.kv is not None:
+            self.kv = self.kv[:, :, index]
+        else:
+            for layer in self.hf.layers:
+                if getattr(layer, "is_initialized", False):
+                    layer.keys, layer.values = layer.keys[index], layer.values[index]
+                    layer.batch_size = index.shape[0]
+
     def nbytes(self) -> int:
         if self.kv is not None:
             return self.kv.numel() * self.kv.element_size()

@@ -1,14 +1,22 @@
 """Policy accuracy of reward-guided decoding (DESIGN.md), teacher-forced with a candidate tree.
 
-For a response y to prompt x, at each step t the ARGS policy sees C_t = top-k_pi(x, y<t) U {y_t} and
-    s_t(v) = log pi(v | x, y<t) + w * r_u(x o y<t o v),
+For a response y to prompt x, at each step t the guided policy sees C_t = top-k_pi(x, y<t) U {y_t} and
+    s_t(v) = log pi(v | x, y<t) + w * r_t(v),
     log pi~(y_t) = s_t(y_t) - logsumexp_{v in C_t} s_t(v),
     S(y) = mean_t log pi~(y_t)        (or the sum; strict: y_t outside the top-k gives -inf).
 A pair (x, y_w, y_l) is correct iff S(y_w) > S(y_l); ties are wrong and counted separately.
+The rules differ only in r_t(v) (decoder.py):
+    args      r_u(x o y<t o v) = W_u . h(x o y<t o v) + b_u             (`sequence_scores`)
+    token     r_u(v | h_t) = e_v . (P_u^T Q_u h_t), h_t the prefix state  (`token_sequence_scores`)
+    logratio  log pi(v | c_u o x o y<t) - log pi(v | x o y<t), c_u the user's profile context
+                                                                     (`logratio_sequence_scores`)
+bon-block chooses whole blocks, not tokens, so it has no per-token policy; it is judged on generation only.
 
 Cost: the candidate states do not depend on the user, the head or w (heads are linear in them), so ONE
 tree-mask forward per sequence yields `CandidateStates` ([T, k+1] log-probs, [T, k+1, d] states) from which
 every (method, head, w) configuration is evaluated by `sequence_scores` without touching the model again.
+The same forward also yields the reward backbone's prefix states (the `token` rule's input), and an optional
+second forward of the profile-conditioned prompt gives log pi_u at the candidates (the `logratio` rule).
 The T*k top-k candidates are appended after x o y; candidate (t, j) sits at y_t's position and attends to
 x o y<t and itself only. The gold token needs no extra slot: its causal state in x o y is exactly that.
 """
@@ -27,6 +35,9 @@ class CandidateStates:
     logprob: torch.Tensor  # [T, k+1]: log pi of the k top candidates, then of the gold token y_t
     states: torch.Tensor  # [T, k+1, d]: reward-backbone final-norm hidden state of x o y<t o v
     gold_index: torch.Tensor  # [T] int64: column of y_t among the top-k, or k when it is outside
+    ids: torch.Tensor  # [T, k+1] int64: the k top candidate ids, then y_t
+    prefix: torch.Tensor  # [T, d]: reward-backbone final-norm state of x o y<t (predicts step t)
+    cond_logprob: torch.Tensor | None = None  # [T, k+1]: log pi(v | c_u o x o y<t), when a context was given
 
     @property
     def k(self) -> int:
@@ -49,8 +60,9 @@ def _candidate_mask(n_main: int, prompt_len: int, T: int, k: int, dtype) -> torc
 
 @torch.inference_mode()
 def candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: list[int], response_ids: list[int],
-                     k: int, backend: str | None = None) -> CandidateStates:
-    """Teacher-forced candidate tree for one (prompt, response). backbone may be the policy (shared trunk)."""
+                     k: int, backend: str | None = None, cond_prompt_ids: list[int] | None = None) -> CandidateStates:
+    """Teacher-forced candidate tree for one (prompt, response). backbone may be the policy (shared trunk).
+    cond_prompt_ids: the profile-conditioned prompt (c_u o x) for the `logratio` rule, or None."""
     if not response_ids:
         raise ValueError("policy accuracy needs a non-empty response (0 tokens)")
     if not prompt_ids:
@@ -76,7 +88,27 @@ def candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: list[int]
     cand = h[n_main:].view(T, k, -1)  # [T, k, d]
     gold_state = h[P:n_main]  # [T, d]: y_t's causal state = reward input of x o y<t o y_t
     states = torch.cat([cand, gold_state[:, None]], dim=1).float().cpu()  # [T, k+1, d]
-    return CandidateStates(logprob.float().cpu(), states, gold_index.cpu())
+    cand_ids = torch.cat([top_ids, gold[:, None]], dim=1)  # [T, k+1]
+    cond = None
+    if cond_prompt_ids is not None:
+        cond = conditioned_logprobs(policy, cond_prompt_ids, response_ids, cand_ids).cpu()
+    return CandidateStates(logprob.float().cpu(), states, gold_index.cpu(), cand_ids.cpu(),
+                           h[P - 1:n_main - 1].float().cpu(), cond)
+
+
+@torch.inference_mode()
+def conditioned_logprobs(policy: CausalLM, cond_prompt_ids: list[int], response_ids: list[int],
+                         cand_ids: torch.Tensor) -> torch.Tensor:
+    """log pi(v | c o y<t) at the given candidates, teacher-forced in one forward.
+
+    cand_ids [T, k+1] -> [T, k+1] float32 (exact log-softmax over the whole vocabulary)."""
+    if not cond_prompt_ids:
+        raise ValueError("the conditioned prompt is empty (0 tokens)")
+    C, T = len(cond_prompt_ids), len(response_ids)
+    seq = torch.tensor([cond_prompt_ids + response_ids], device=policy.device)
+    h = policy.base(input_ids=seq, use_cache=False).last_hidden_state[0, C - 1:C + T - 1].float()  # [T, d]
+    logits = h @ policy.lm_head_weight.float().t()  # [T, V]: T is a short response, so this stays small
+    return torch.log_softmax(logits, -1).gather(1, cand_ids.to(h.device))
 
 
 def sequence_scores(cs: CandidateStates, W: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,
@@ -86,11 +118,37 @@ def sequence_scores(cs: CandidateStates, W: torch.Tensor, b: torch.Tensor, weigh
     W [H, d], b [H], weights [Nw] -> [H, Nw] float64. A head row of zeros (or w=0) gives the policy's own
     score restricted to the candidate set.
     """
+    r = torch.einsum("tcd,hd->tch", cs.states.double(), W.double()) + b.double()  # [T, k+1, H]
+    return rule_scores(cs, r, weights, strict, reduce)
+
+
+def token_sequence_scores(cs: CandidateStates, emb: torch.Tensor, P: torch.Tensor, Q: torch.Tensor,
+                          weights: torch.Tensor, strict: bool = False, reduce: str = "mean") -> torch.Tensor:
+    """S(y) of the `token` rule for every head and weight. emb [V, d] (the reward backbone's output
+    embedding), P, Q [H, r, d] -> [H, Nw] float64."""
+    e = emb.detach().double().cpu()[cs.ids]  # [T, k+1, d]
+    z = torch.einsum("hrd,td->thr", Q.double(), cs.prefix.double())  # [T, H, r]
+    q = torch.einsum("hrd,thr->thd", P.double(), z)  # [T, H, d]: A_h h_t
+    r = torch.einsum("tcd,thd->tch", e, q)  # [T, k+1, H]
+    return rule_scores(cs, r, weights, strict, reduce)
+
+
+def logratio_sequence_scores(cs: CandidateStates, weights: torch.Tensor, strict: bool = False,
+                             reduce: str = "mean") -> torch.Tensor:
+    """S(y) of the `logratio` rule (reward log pi_u - log pi) for every weight -> [1, Nw] float64."""
+    if cs.cond_logprob is None:
+        raise ValueError("logratio policy accuracy needs candidate states built with a conditioned prompt")
+    r = (cs.cond_logprob.double() - cs.logprob.double())[:, :, None]  # [T, k+1, 1]
+    return rule_scores(cs, r, weights, strict, reduce)
+
+
+def rule_scores(cs: CandidateStates, r: torch.Tensor, weights: torch.Tensor, strict: bool = False,
+                reduce: str = "mean") -> torch.Tensor:
+    """S(y) from candidate rewards r [T, k+1, H] of any rule, for weights [Nw] -> [H, Nw] float64."""
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    T, k1, _ = cs.states.shape
+    T, k1 = cs.logprob.shape
     k = k1 - 1
-    r = torch.einsum("tcd,hd->tch", cs.states.double(), W.double()) + b.double()  # [T, k+1, H]
     s = cs.logprob.double()[:, :, None, None] + weights.double()[None, None, None, :] * r[..., None]  # [T, k+1, H, Nw]
     outside = cs.gold_index == k  # [T]
     # C_t = top-k plus the gold column only when the gold token is not already among the top-k.

@@ -249,3 +249,222 @@ def test_bfloat16_matrices_are_widened_exactly(name, device):
     out = mod.score_select(cand.bfloat16(), bank_w.bfloat16(), bank_b, slot, logprob, wgt, reference.GREEDY, 1.0, None)
     check_score_select([cand.bfloat16().float(), bank_w.bfloat16().float(), bank_b, slot, logprob, wgt, rand],
                        reference.GREEDY, 1.0, *out)
+
+
+# ---- gather_score_select -----------------------------------------------------------------------------------------
+
+RATIOS = (0.0, 1.0)  # the `token` rule (0) and the `logratio` rule (1)
+
+
+def gather_inputs(B, V, d, k, device):
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh but reproducible from the failure message
+    query = torch.randn(B, d, generator=g) / math.sqrt(d)  # the scale goes on the small side of the dot
+    emb = torch.randn(V, d, generator=g)
+    cand_ids = torch.randint(0, V, (B, k), generator=g)
+    if k > 1:
+        cand_ids[:, -1] = cand_ids[:, 0]  # a duplicate candidate in every row
+    offset = torch.randn(B, generator=g) * 3
+    logprob = -torch.rand(B, k, generator=g) * 8
+    weight = torch.rand(B, generator=g) * 2
+    weight[0] = 0.0  # always cover a weight-0 row
+    rand = torch.rand(B, generator=g)
+    return [t.to(device) for t in (query, emb, cand_ids, offset, logprob, weight, rand)]
+
+
+def check_gather_score_select(inputs, ratio, mode, tau, chosen, scores, rewards):
+    query, emb, cand_ids, offset, logprob, weight, rand = [t.cpu() for t in inputs]
+    B, k = cand_ids.shape
+    e64 = emb[cand_ids].double()  # [B, k, d]: gather first, never widen the whole table
+    r64 = torch.einsum("bkd,bd->bk", e64, query.double()) + offset.double()[:, None] - ratio * logprob.double()
+    s64 = logprob.double() + weight.double()[:, None] * r64
+    chosen, scores, rewards = chosen.cpu(), scores.cpu(), rewards.cpu()
+    assert chosen.dtype == torch.int64 and chosen.shape == (B,)
+    assert scores.dtype == torch.float32 and scores.shape == (B, k)
+    assert rewards.dtype == torch.float32 and rewards.shape == (B, k)
+    assert bool(((chosen >= 0) & (chosen < k)).all())
+    tol = _tol(r64.abs().max())
+    torch.testing.assert_close(rewards.double(), r64, rtol=RTOL, atol=tol)
+    torch.testing.assert_close(scores.double(), s64, rtol=RTOL, atol=2 * tol)
+    if mode == reference.GREEDY:
+        top2 = torch.topk(s64, min(2, k), dim=-1).values
+        clear = (top2[:, 0] - top2[:, -1] > 4 * tol) | torch.tensor(k == 1)
+        assert torch.equal(chosen[clear], s64.argmax(-1)[clear])
+        return
+    # Sample: as check_score_select, the reference inverse CDF away from rounding distance of a CDF step.
+    ref_scores = reference.gather_score_select_ref(query, emb, cand_ids, offset, logprob, weight, ratio)[1]
+    ref = reference.inverse_cdf_choice(ref_scores, tau, rand)
+    margin = (torch.softmax(s64 / tau, dim=-1).cumsum(-1) - rand.double()[:, None]).abs().min(-1).values
+    clear = margin > 1e-4
+    assert torch.equal(chosen[clear], ref[clear])
+
+
+def gather_cases():
+    for name in BACKENDS:
+        for case in INTERP_GRID if name == "triton" and INTERPRETED else GRID:
+            yield pytest.param(name, *case, id=f"{name}-B{case[0]}-V{case[1]}-d{case[2]}-k{case[3]}")
+
+
+@pytest.mark.parametrize("name,B,V,d,k", list(gather_cases()))
+def test_gather_score_select_random(name, B, V, d, k, device):
+    mod = backend_module(name, device)
+    inputs = gather_inputs(B, V, d, k, device)
+    query, emb, cand_ids, offset, logprob, weight, rand = inputs
+    tau = 0.7
+    # One embedding table per case (the large one costs more than a call): both rules, both modes.
+    for ratio in RATIOS:
+        for mode in (reference.GREEDY, reference.SAMPLE):
+            out = mod.gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mode, tau, rand)
+            check_gather_score_select(inputs, ratio, mode, tau, *out)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_gather_score_select_exact_ties_lowest_index(name, ratio, device):
+    mod = backend_module(name, device)
+    # Small integers: every reward and score is exact in fp32, so equal scores are exact ties in every backend.
+    B, V, d, k = 17, 111, 64, 10
+    query = torch.randint(-2, 3, (B, d)).float()
+    emb = torch.randint(-1, 2, (V, d)).float()
+    cand_ids = torch.randint(0, 8, (B, k))  # 8 ids for 10 slots: duplicates in every row
+    offset = torch.randint(-3, 4, (B,)).float()
+    logprob = torch.randint(-3, 0, (B, k)).float()
+    weight = torch.randint(0, 3, (B,)).float()
+    weight[:5] = 0.0  # weight-0 rows: the scores are the logprobs, full of ties
+    args = [t.to(device) for t in (query, emb, cand_ids, offset, logprob, weight)]
+    ref = reference.gather_score_select_ref(query, emb, cand_ids, offset, logprob, weight, ratio)
+    chosen, scores, rewards = mod.gather_score_select(*args, ratio, reference.GREEDY, 1.0, None)
+    assert torch.equal(scores.cpu(), ref[1]) and torch.equal(rewards.cpu(), ref[2])
+    assert torch.equal(scores[:5].cpu(), logprob[:5])
+    first_max = (ref[1] == ref[1].max(-1, keepdim=True).values).int().argmax(-1)
+    assert torch.equal(ref[0], first_max)
+    assert torch.equal(chosen.cpu(), first_max), "ties must be broken by the lowest index"
+
+
+def neg_inf_gather_inputs(device, B=17, V=111, d=64, k=10):
+    """gather_inputs with -inf logprobs scattered over random rows (first and last columns included), one row
+    entirely -inf, one row with a single finite candidate (last column), several weight-0 rows, and fixed draws
+    that cover both ends of [0, 1)."""
+    query, emb, cand_ids, offset, logprob, weight, _ = [t.cpu() for t in gather_inputs(B, V, d, k, device)]
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    hole = torch.rand(B, k, generator=g) < 0.4
+    hole &= (torch.rand(B, 1, generator=g) < 0.7)  # some rows keep every candidate
+    hole[5, 0] = hole[6, -1] = True  # the first and the last column
+    hole[3] = True  # a row entirely outside the support
+    hole[4] = True
+    hole[4, -1] = False  # a single finite candidate, in the last column
+    logprob[hole] = -math.inf
+    weight[[1, 3, 4, 7]] = 0.0  # weight 0 on hole rows too (weight[0] is 0 already)
+    rand = torch.linspace(0.0, 1.0, B)
+    rand[-1] = 1.0 - 2**-24  # the largest float32 below 1
+    rand[1] = 0.0
+    return [t.to(device) for t in (query, emb, cand_ids, offset, logprob, weight, rand)]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("mode", (reference.GREEDY, reference.SAMPLE))
+def test_gather_score_select_neg_inf_logprob(name, ratio, mode, device):
+    """Rule: ratio 0 drops the ratio term; a -inf logprob scores -inf (never nan) and is never chosen, unless the
+    whole row is -inf, which chooses index 0."""
+    mod = backend_module(name, device)
+    inputs = neg_inf_gather_inputs(device)
+    query, emb, cand_ids, offset, logprob, weight, rand = [t.cpu() for t in inputs]
+    tau = 0.7
+    ref = reference.gather_score_select_ref(query, emb, cand_ids, offset, logprob, weight, ratio, mode, tau, rand)
+    chosen, scores, rewards = [t.cpu() for t in mod.gather_score_select(*inputs[:6], ratio, mode, tau, inputs[6])]
+    hole = logprob == -math.inf
+    all_hole = hole.all(-1)
+    assert bool(hole.any()) and bool(all_hole.any()) and bool((~all_hole).any())
+    for got in (ref[1], ref[2], scores, rewards):
+        assert not bool(got.isnan().any()), "nan in scores or rewards"
+    # The rule, in the reference and the backend alike.
+    for s, r in ((ref[1], ref[2]), (scores, rewards)):
+        assert torch.equal(s == -math.inf, hole) and not bool(s.isposinf().any())
+        assert torch.equal(r.isposinf(), hole if ratio == 1.0 else torch.zeros_like(hole))
+        assert not bool(r.isneginf().any())
+    assert torch.equal(scores.isinf(), ref[1].isinf()) and torch.equal(rewards.isinf(), ref[2].isinf())
+    # Finite entries as the reference (exact for the torch backend).
+    tol = _tol(ref[2][~ref[2].isinf()].abs().max())
+    torch.testing.assert_close(rewards, ref[2], rtol=RTOL, atol=tol)
+    torch.testing.assert_close(scores, ref[1], rtol=RTOL, atol=2 * tol)
+    # Selection: in range, never a -inf candidate of a row with a finite one, 0 for an all -inf row.
+    assert chosen.dtype == torch.int64 and chosen.shape == ref[0].shape
+    assert bool(((chosen >= 0) & (chosen < cand_ids.shape[1])).all())
+    assert not bool(hole.gather(1, chosen[:, None])[~all_hole].any()), "a -inf candidate was chosen"
+    assert bool((chosen[all_hole] == 0).all()) and bool((ref[0][all_hole] == 0).all())
+    assert not bool(hole.gather(1, ref[0][:, None])[~all_hole].any())
+    assert int(chosen[4]) == int(ref[0][4]) == cand_ids.shape[1] - 1, "the single finite candidate"
+    # Otherwise the reference's choice, away from near-ties (greedy) and CDF steps (sample).
+    s64 = ref[1].double()
+    if mode == reference.GREEDY:
+        top2 = torch.topk(s64, 2, dim=-1).values
+        clear = ~(top2[:, 1].isfinite() & (top2[:, 0] - top2[:, 1] <= 4 * tol))
+    else:
+        margin = (torch.softmax(s64 / tau, dim=-1).cumsum(-1) - rand.double()[:, None]).abs().min(-1).values
+        clear = (margin > 1e-4) | all_hole
+    assert torch.equal(chosen[clear], ref[0][clear])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("mode", (reference.GREEDY, reference.SAMPLE))
+def test_score_select_all_neg_inf_row_chooses_zero(name, mode, device):
+    mod = backend_module(name, device)
+    inputs = score_inputs(17, 10, 64, device)
+    inputs[4][3] = -math.inf  # row 3 entirely outside the support (finite rewards: scores -inf, not nan)
+    inputs[4][5, :-1] = -math.inf  # row 5: only the last candidate is finite
+    chosen, scores, _ = mod.score_select(*inputs[:6], mode, 0.7, inputs[6])
+    chosen, scores = chosen.cpu(), scores.cpu()
+    assert not bool(scores.isnan().any())
+    assert bool((scores[3] == -math.inf).all()) and int(chosen[3]) == 0 and int(chosen[5]) == 9
+    assert bool(((chosen >= 0) & (chosen < 10)).all())
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")  # the interpreter's numpy max
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("mode", (reference.GREEDY, reference.SAMPLE))
+def test_select_index_in_range_for_nan_scores(name, mode, device):
+    # nan scores have no defined choice, but every backend must still return an index in [0, k).
+    mod = backend_module(name, device)
+    inputs = gather_inputs(3, 111, 64, 4, device)
+    inputs[4][0] = math.nan
+    inputs[4][1, 2] = math.nan
+    chosen = mod.gather_score_select(*inputs[:6], 1.0, mode, 0.7, inputs[6])[0].cpu()
+    assert bool(((chosen >= 0) & (chosen < 4)).all())
+    inputs = score_inputs(3, 4, 64, device)
+    inputs[4][0] = math.nan
+    chosen = mod.score_select(*inputs[:6], mode, 0.7, inputs[6])[0].cpu()
+    assert bool(((chosen >= 0) & (chosen < 4)).all())
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("mode", (reference.GREEDY, reference.SAMPLE))
+def test_gather_score_select_overwrites_poisoned_outputs(name, mode, device):
+    mod = backend_module(name, device)
+    B, V, d, k = 17, 1000, 64, 10
+    inputs = gather_inputs(B, V, d, k, device)
+    out = (torch.full((B,), -777, dtype=torch.int64, device=device), torch.full((B, k), math.nan, device=device),
+           torch.full((B, k), math.nan, device=device))
+    res = mod.gather_score_select(*inputs[:6], 1.0, mode, 0.5, inputs[6], out=out)
+    assert all(r is o for r, o in zip(res, out)), "out= buffers must be the returned tensors"
+    check_gather_score_select(inputs, 1.0, mode, 0.5, *out)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gather_score_select_through_dispatch(name, device):
+    backend_module(name, device)
+    inputs = gather_inputs(3, 1000, 64, 4, device)
+    out = dispatch.gather_score_select(*inputs[:6], 1.0, reference.SAMPLE, 0.9, inputs[6], backend=name)
+    check_gather_score_select(inputs, 1.0, reference.SAMPLE, 0.9, *out)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gather_score_select_bfloat16_emb_is_widened_exactly(name, device):
+    if name == "triton" and INTERPRETED:
+        pytest.skip("the triton interpreter backend is float32 only")
+    mod = backend_module(name, device)
+    query, emb, cand_ids, offset, logprob, weight, rand = gather_inputs(3, 1000, 576, 10, device)
+    emb = emb.bfloat16()
+    out = mod.gather_score_select(query, emb, cand_ids, offset, logprob, weight, 1.0, reference.GREEDY, 1.0, None)
+    check_gather_score_select([query, emb.float(), cand_ids, offset, logprob, weight, rand], 1.0, reference.GREEDY,
+                              1.0, *out)

@@ -1,8 +1,9 @@
 """Sampled selection: identical draws across backends, and the right distribution.
 
-score_select(mode="sample") is an inverse-CDF draw from softmax(scores / tau); with the same uniform
-`rand` every backend must pick the same candidate, the empirical frequencies over many draws must follow
-softmax(scores / tau), and a -inf (zero-probability) candidate is never drawn.
+score_select(mode="sample") is an inverse-CDF draw from softmax(scores / tau) (gather_score_select shares the
+selection code); with the same uniform `rand` every backend must pick the same candidate, the empirical
+frequencies over many draws must follow softmax(scores / tau), and a -inf (zero-probability) candidate is
+never drawn.
 """
 import math
 
@@ -47,6 +48,23 @@ def test_fixed_randoms_draw_the_reference_index(name, device):
     ref = reference.score_select_ref(cand, bank_w, bank_b, slot, logprob, weight, reference.SAMPLE, 0.8, rand)[0]
     args = [t.to(device) for t in (cand, bank_w, bank_b, slot, logprob, weight)]
     chosen = mod.score_select(*args, reference.SAMPLE, 0.8, rand.to(device))[0]
+    assert torch.equal(chosen.cpu(), ref)
+
+
+@pytest.mark.parametrize("ratio", (0.0, 1.0))
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gather_fixed_randoms_draw_the_reference_index(name, ratio, device):
+    mod = backend_module(name, device)
+    g = torch.Generator().manual_seed(4321)
+    B, V, k, d = 257, 1000, 10, 64
+    query, emb = torch.randn(B, d, generator=g) / d ** 0.5, torch.randn(V, d, generator=g)
+    cand_ids, offset = torch.randint(0, V, (B, k), generator=g), torch.randn(B, generator=g)
+    logprob, weight = -torch.rand(B, k, generator=g) * 4, torch.rand(B, generator=g)
+    rand = torch.rand(B, generator=g)
+    ref = reference.gather_score_select_ref(query, emb, cand_ids, offset, logprob, weight, ratio, reference.SAMPLE,
+                                            0.8, rand)[0]
+    args = [t.to(device) for t in (query, emb, cand_ids, offset, logprob, weight)]
+    chosen = mod.gather_score_select(*args, ratio, reference.SAMPLE, 0.8, rand.to(device))[0]
     assert torch.equal(chosen.cpu(), ref)
 
 

@@ -97,6 +97,52 @@ void score_select_out(const torch::Tensor& cand_hidden, const torch::Tensor& ban
   }
 }
 
+// query [B, d] f32, emb [V, d] f32|bf16, cand_ids [B, k] i64 in [0, V), offset [B] f32, logprob [B, k] f32,
+// weight [B] f32, ratio, rand [B] f32 (read in sample mode) -> chosen [B] i64, scores [B, k] f32, rewards [B, k] f32
+void gather_score_select_out(const torch::Tensor& query, const torch::Tensor& emb, const torch::Tensor& cand_ids,
+                             const torch::Tensor& offset, const torch::Tensor& logprob, const torch::Tensor& weight,
+                             double ratio, bool sample, double tau, const torch::Tensor& rand, torch::Tensor chosen,
+                             torch::Tensor scores, torch::Tensor rewards) {
+  const char* op = "rgd_engine._C.gather_score_select";
+  TORCH_CHECK(query.dim() == 2, op, ": query must be [B, d], got ", query.sizes());
+  TORCH_CHECK(emb.dim() == 2, op, ": emb must be [V, d], got ", emb.sizes());
+  TORCH_CHECK(cand_ids.dim() == 2, op, ": cand_ids must be [B, k], got ", cand_ids.sizes());
+  const int64_t B = query.size(0), d = query.size(1), V = emb.size(0), k = cand_ids.size(1);
+  check(query, op, "query", at::kFloat, {B, d});
+  check_cpu_contig(emb, op, "emb");
+  check_matrix_dtype(emb, op, "emb");
+  TORCH_CHECK(emb.size(1) == d, op, ": query dim ", d, " != emb dim ", emb.size(1));
+  check(cand_ids, op, "cand_ids", at::kLong, {B, k});
+  check(offset, op, "offset", at::kFloat, {B});
+  check(logprob, op, "logprob", at::kFloat, {B, k});
+  check(weight, op, "weight", at::kFloat, {B});
+  check(chosen, op, "chosen", at::kLong, {B});
+  check(scores, op, "scores", at::kFloat, {B, k});
+  check(rewards, op, "rewards", at::kFloat, {B, k});
+  TORCH_CHECK(k >= 1, op, ": need at least one candidate per row");
+  if (sample) {
+    check(rand, op, "rand", at::kFloat, {B});
+    TORCH_CHECK(tau > 0, op, ": tau must be > 0, got ", tau);
+  }
+  if (B == 0) return;
+  // The kernel indexes emb with these ids: an out-of-range id would read outside the buffer.
+  const int64_t lo = cand_ids.min().item<int64_t>(), hi = cand_ids.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < V, op, ": cand_ids must be in [0, ", V - 1, "], got [", lo, ", ", hi, "]");
+  const float* rand_ptr = sample ? rand.data_ptr<float>() : nullptr;
+  pybind11::gil_scoped_release no_gil;
+  auto run = [&](auto* e) {
+    rgd::cpu::gather_score_select(query.data_ptr<float>(), e, cand_ids.data_ptr<int64_t>(), offset.data_ptr<float>(),
+                                  logprob.data_ptr<float>(), weight.data_ptr<float>(), static_cast<float>(ratio), B, k,
+                                  d, sample, static_cast<float>(tau), rand_ptr, chosen.data_ptr<int64_t>(),
+                                  scores.data_ptr<float>(), rewards.data_ptr<float>());
+  };
+  if (emb.scalar_type() == at::kFloat) {
+    run(emb.data_ptr<float>());
+  } else {
+    run(reinterpret_cast<const rgd::cpu::BFloat16*>(emb.data_ptr()));
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -108,4 +154,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bank_w"), pybind11::arg("bank_b"), pybind11::arg("slot"), pybind11::arg("logprob"),
         pybind11::arg("weight"), pybind11::arg("sample"), pybind11::arg("tau"), pybind11::arg("rand"),
         pybind11::arg("chosen"), pybind11::arg("scores"), pybind11::arg("rewards"));
+  m.def("gather_score_select_out", &gather_score_select_out, "token-level gather + score + select into outputs",
+        pybind11::arg("query"), pybind11::arg("emb"), pybind11::arg("cand_ids"), pybind11::arg("offset"),
+        pybind11::arg("logprob"), pybind11::arg("weight"), pybind11::arg("ratio"), pybind11::arg("sample"),
+        pybind11::arg("tau"), pybind11::arg("rand"), pybind11::arg("chosen"), pybind11::arg("scores"),
+        pybind11::arg("rewards"));
 }

@@ -12,6 +12,11 @@
 //   r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
 //   greedy: first argmax of s;  sample: p_j = exp((s_j - max s) / tau), the first j with
 //   cumsum(p)_j > rand_b * sum(p)  (same arithmetic as reference.inverse_cdf_choice).
+//
+// gather_score_select, per row b with candidate token ids v_j = cand_ids_bj:
+//   r_j = E_{v_j} . q_b + offset_b - ratio * logprob_j,  s_j = logprob_j + weight_b * r_j
+//   selection as in score_select (select_index).
+//   -inf rule: the ratio term only when ratio != 0; logprob_j = -inf -> s_j = -inf, never chosen (all -inf -> 0).
 #include "kernels.h"
 
 #include <algorithm>
@@ -143,6 +148,31 @@ inline void chunk_lse(const float* z, int64_t n, float* m_out, float* s_out) {
 
 inline bool before(float va, int64_t ia, float vb, int64_t ib) { return va > vb || (va == vb && ia < ib); }
 
+// Chosen index of one row's scores s[0..k), k >= 1: the first argmax (greedy), or the inverse-CDF draw at
+// `rand` from softmax(s / tau) (sample). A -inf score is never chosen unless the whole row is -inf (then 0).
+inline int64_t select_index(const float* s, int64_t k, bool sample, float tau, float rand) {
+  int64_t best = 0;
+  for (int64_t j = 1; j < k; ++j)
+    if (s[j] > s[best]) best = j;
+  if (!sample) return best;
+  const float m = s[best];
+  // Same arithmetic as the reference: float exp of (s - m) / tau, cumsum accumulated in double and
+  // rounded to float per element (torch's CPU cumsum), target = rand * total in float.
+  std::vector<float> c(k);
+  double acc = 0.0;
+  int64_t last_nonzero = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    const float p = std::exp((s[j] - m) / tau);
+    if (p > 0.f) last_nonzero = j;
+    acc += p;
+    c[j] = static_cast<float>(acc);
+  }
+  const float target = rand * c[k - 1];
+  for (int64_t j = 0; j < k; ++j)
+    if (c[j] > target) return j;
+  return last_nonzero;  // rounding can leave no hit: take the last non-zero candidate
+}
+
 }  // namespace
 
 template <typename T>
@@ -215,32 +245,30 @@ void score_select(const T* cand_hidden, const T* bank_w, const float* bank_b, co
       r[j] = u < 0 ? 0.f : dot2(cand_hidden + (b * k + j) * d, bank_w + u * d, d) + bank_b[u];
       s[j] = logprob[b * k + j] + weight[b] * r[j];
     }
-    int64_t best = 0;
-    for (int64_t j = 1; j < k; ++j)
-      if (s[j] > s[best]) best = j;
-    if (sample) {
-      const float m = s[best];
-      // Same arithmetic as the reference: float exp of (s - m) / tau, cumsum accumulated in double and
-      // rounded to float per element (torch's CPU cumsum), target = rand * total in float.
-      std::vector<float> c(k);
-      double acc = 0.0;
-      int64_t last_nonzero = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        const float p = std::exp((s[j] - m) / tau);
-        if (p > 0.f) last_nonzero = j;
-        acc += p;
-        c[j] = static_cast<float>(acc);
-      }
-      const float target = rand[b] * c[k - 1];
-      best = last_nonzero;  // rounding can leave no hit: take the last non-zero candidate
-      for (int64_t j = 0; j < k; ++j) {
-        if (c[j] > target) {
-          best = j;
-          break;
-        }
-      }
+    chosen[b] = select_index(s, k, sample, tau, sample ? rand[b] : 0.f);
+  }
+}
+
+template <typename T>
+void gather_score_select(const float* query, const T* emb, const int64_t* cand_ids, const float* offset,
+                         const float* logprob, const float* weight, float ratio, int64_t B, int64_t k, int64_t d,
+                         bool sample, float tau, const float* rand, int64_t* chosen, float* scores, float* rewards) {
+  // Same threading rule as score_select: a decode step is far too small to pay for a parallel region.
+#pragma omp parallel for schedule(static) if (B * k * d >= (1 << 18))
+  for (int64_t b = 0; b < B; ++b) {
+    float* s = scores + b * k;
+    float* r = rewards + b * k;
+    const float* q = query + b * d;
+    for (int64_t j = 0; j < k; ++j) {
+      const float lp = logprob[b * k + j];
+      // (dot + offset) - ratio * lp, in that order: the reference's float32 arithmetic. ratio 0 skips the
+      // term (0 * -inf would be nan); a -inf logprob scores -inf whatever the weight and reward.
+      float rj = dot(q, emb + cand_ids[b * k + j] * d, d) + offset[b];
+      if (ratio != 0.f) rj -= ratio * lp;
+      r[j] = rj;
+      s[j] = lp == kNegInf ? kNegInf : lp + weight[b] * rj;
     }
-    chosen[b] = best;
+    chosen[b] = select_index(s, k, sample, tau, sample ? rand[b] : 0.f);
   }
 }
 
@@ -254,6 +282,12 @@ template void score_select<float>(const float*, const float*, const float*, cons
 template void score_select<BFloat16>(const BFloat16*, const BFloat16*, const float*, const int64_t*, const float*,
                                      const float*, int64_t, int64_t, int64_t, bool, float, const float*, int64_t*,
                                      float*, float*);
+template void gather_score_select<float>(const float*, const float*, const int64_t*, const float*, const float*,
+                                         const float*, float, int64_t, int64_t, int64_t, bool, float, const float*,
+                                         int64_t*, float*, float*);
+template void gather_score_select<BFloat16>(const float*, const BFloat16*, const int64_t*, const float*,
+                                            const float*, const float*, float, int64_t, int64_t, int64_t, bool, float,
+                                            const float*, int64_t*, float*, float*);
 
 }  // namespace cpu
 }  // namespace rgd

@@ -1,4 +1,4 @@
-// Fused CPU kernels of the two hot ops (plain C++17 + OpenMP, no torch headers).
+// Fused CPU kernels of the hot ops (plain C++17 + OpenMP, no torch headers).
 // The torch binding (bindings.cpp) validates tensors and calls these on raw contiguous buffers.
 #pragma once
 
@@ -24,6 +24,13 @@ template <typename T>
 void score_select(const T* cand_hidden, const T* bank_w, const float* bank_b, const int64_t* slot,
                   const float* logprob, const float* weight, int64_t B, int64_t k, int64_t d, bool sample,
                   float tau, const float* rand, int64_t* chosen, float* scores, float* rewards);
+
+// query [B, d] float32, emb [V, d] (T), cand_ids [B, k] in [0, V), offset [B], logprob [B, k], weight [B],
+// rand [B] (sample only) -> chosen [B], scores [B, k], rewards [B, k].
+template <typename T>
+void gather_score_select(const float* query, const T* emb, const int64_t* cand_ids, const float* offset,
+                         const float* logprob, const float* weight, float ratio, int64_t B, int64_t k, int64_t d,
+                         bool sample, float tau, const float* rand, int64_t* chosen, float* scores, float* rewards);
 
 }  // namespace cpu
 }  // namespace rgd

@@ -117,6 +117,47 @@ void score_select_out(const torch::Tensor& cand_hidden, const torch::Tensor& ban
   });
 }
 
+// query [B, d] f32, emb [V, d] f32|f16|bf16, cand_ids [B, k] i64, offset [B] f32, logprob [B, k] f32, weight [B] f32,
+// ratio, rand [B] f32 (sample) -> chosen [B] i64, scores [B, k] f32, rewards [B, k] f32 (outputs)
+void gather_score_select_out(const torch::Tensor& query, const torch::Tensor& emb, const torch::Tensor& cand_ids,
+                             const torch::Tensor& offset, const torch::Tensor& logprob, const torch::Tensor& weight,
+                             double ratio, bool sample, double tau, const torch::Tensor& rand, torch::Tensor chosen,
+                             torch::Tensor scores, torch::Tensor rewards) {
+  const char* op = "rgd_engine._C_cuda.gather_score_select";
+  TORCH_CHECK(query.dim() == 2, op, ": query must be [B, d], got ", query.sizes());
+  TORCH_CHECK(emb.dim() == 2, op, ": emb must be [V, d], got ", emb.sizes());
+  TORCH_CHECK(cand_ids.dim() == 2, op, ": cand_ids must be [B, k], got ", cand_ids.sizes());
+  const int64_t B = query.size(0), d = query.size(1), k = cand_ids.size(1);
+  TORCH_CHECK(k >= 1, op, ": need at least one candidate per row");
+  check(query, query, op, "query", at::kFloat, {B, d});
+  check(emb, query, op, "emb");
+  check_matrix_dtype(emb, op, "emb");
+  TORCH_CHECK(emb.size(1) == d, op, ": query dim ", d, " != emb dim ", emb.size(1));
+  check(cand_ids, query, op, "cand_ids", at::kLong, {B, k});
+  check(offset, query, op, "offset", at::kFloat, {B});
+  check(logprob, query, op, "logprob", at::kFloat, {B, k});
+  check(weight, query, op, "weight", at::kFloat, {B});
+  check(chosen, query, op, "chosen", at::kLong, {B});
+  check(scores, query, op, "scores", at::kFloat, {B, k});
+  check(rewards, query, op, "rewards", at::kFloat, {B, k});
+  if (sample) {
+    check(rand, query, op, "rand", at::kFloat, {B});
+    TORCH_CHECK(tau > 0, op, ": tau must be > 0, got ", tau);
+  }
+  // The cand_ids range is validated by the dispatch layer (a device-side check would need a host sync here).
+  const c10::cuda::CUDAGuard guard(query.device());
+  const float* rand_ptr = sample ? rand.data_ptr<float>() : nullptr;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  with_matrix_type(emb, [&](auto* e) {
+    check_launch(rgd::cuda::launch_gather_score_select(
+                     query.data_ptr<float>(), e, cand_ids.data_ptr<int64_t>(), offset.data_ptr<float>(),
+                     logprob.data_ptr<float>(), weight.data_ptr<float>(), static_cast<float>(ratio), B, k, d, sample,
+                     static_cast<float>(tau), rand_ptr, chosen.data_ptr<int64_t>(), scores.data_ptr<float>(),
+                     rewards.data_ptr<float>(), stream),
+                 op);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -128,4 +169,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bank_w"), pybind11::arg("bank_b"), pybind11::arg("slot"), pybind11::arg("logprob"),
         pybind11::arg("weight"), pybind11::arg("sample"), pybind11::arg("tau"), pybind11::arg("rand"),
         pybind11::arg("chosen"), pybind11::arg("scores"), pybind11::arg("rewards"));
+  m.def("gather_score_select_out", &gather_score_select_out, "token-level gather + score + select into outputs",
+        pybind11::arg("query"), pybind11::arg("emb"), pybind11::arg("cand_ids"), pybind11::arg("offset"),
+        pybind11::arg("logprob"), pybind11::arg("weight"), pybind11::arg("ratio"), pybind11::arg("sample"),
+        pybind11::arg("tau"), pybind11::arg("rand"), pybind11::arg("chosen"), pybind11::arg("scores"),
+        pybind11::arg("rewards"));
 }

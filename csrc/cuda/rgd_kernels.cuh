@@ -35,5 +35,13 @@ cudaError_t launch_score_select(const T* cand_hidden, const T* bank_w, const flo
                                 bool sample, float tau, const float* rand, int64_t* chosen, float* scores,
                                 float* rewards, cudaStream_t stream);
 
+// query [B, d] f32, emb [V, d] T, cand_ids [B, k] i64 in [0, V), offset [B], logprob [B, k], weight [B], rand [B]
+// -> chosen [B] i64, scores [B, k], rewards [B, k]
+template <typename T>
+cudaError_t launch_gather_score_select(const float* query, const T* emb, const int64_t* cand_ids, const float* offset,
+                                       const float* logprob, const float* weight, float ratio, int64_t B, int64_t k,
+                                       int64_t d, bool sample, float tau, const float* rand, int64_t* chosen,
+                                       float* scores, float* rewards, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace rgd

@@ -3,11 +3,8 @@
 // One warp per row b with head u = slot[b]:
 //   r_j = W_u . c_j + b_u (0 when u = -1)      (lanes stride d, warp-sum)
 //   s_j = logprob_j + weight_b * r_j           (separate multiply and add, as the reference: no FMA)
-//   greedy: first argmax of s.  sample: p_j = exp((s_j - max s) / tau); chosen = first j with
-//   cumsum(p)_j > rand_b * sum(p), cumsum accumulated in double and rounded to float per element (the
-//   arithmetic of torch's CPU cumsum in reference.inverse_cdf_choice); no hit -> last j with p_j > 0.
-#include <cmath>
-
+//   selection by lane 0 (select_index, common.cuh): greedy = first argmax of s; sample = inverse CDF of
+//   softmax(s / tau) at rand_b.
 #include "common.cuh"
 #include "rgd_kernels.cuh"
 
@@ -43,32 +40,7 @@ __global__ void score_select_kernel(const T* __restrict__ cand, const T* __restr
       scores[b * k + j] = __fadd_rn(logprob[b * k + j], __fmul_rn(wb, r));
     }
   }
-  if (lane != 0) return;
-  const float* s = scores + b * k;
-  int64_t best = 0;
-  for (int64_t j = 1; j < k; ++j)
-    if (s[j] > s[best]) best = j;
-  if (sample) {
-    const float m = s[best];
-    double total = 0.0;
-    int64_t last_nonzero = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      const float p = expf(__fdiv_rn(__fsub_rn(s[j], m), tau));
-      if (p > 0.f) last_nonzero = j;
-      total += p;
-    }
-    const float target = __fmul_rn(rand[b], static_cast<float>(total));
-    best = last_nonzero;
-    double acc = 0.0;
-    for (int64_t j = 0; j < k; ++j) {
-      acc += expf(__fdiv_rn(__fsub_rn(s[j], m), tau));
-      if (static_cast<float>(acc) > target) {
-        best = j;
-        break;
-      }
-    }
-  }
-  chosen[b] = best;
+  if (lane == 0) chosen[b] = select_index(scores + b * k, k, sample, tau, sample ? rand[b] : 0.f);
 }
 
 }  // namespace

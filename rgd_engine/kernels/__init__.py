@@ -1,8 +1,9 @@
-"""The two hot ops of a reward-guided decode step, behind backend dispatch (see dispatch.py)."""
+"""The hot ops of a reward-guided decode step, behind backend dispatch (see dispatch.py)."""
 from .dispatch import (  # noqa: F401
     BACKENDS,
     BackendUnavailable,
     available_backends,
+    gather_score_select,
     lmhead_topk,
     requested_backend,
     resolve_backend,

@@ -59,3 +59,17 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, 
                         logprob.float().contiguous(), weight.float().contiguous(), sample, float(tau), rand,
                         chosen, scores, rewards)
     return chosen, scores, rewards
+
+
+def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mode, tau, rand, out=None):
+    # query [B, d], emb [V, d], cand_ids [B, k], offset [B], logprob [B, k], weight [B], rand [B]
+    B, k = cand_ids.shape
+    sample = mode == SAMPLE
+    rand = rand.float().contiguous() if sample else torch.empty(0)
+    if out is None:
+        out = (torch.empty(B, dtype=torch.int64), torch.empty(B, k), torch.empty(B, k))
+    chosen, scores, rewards = out
+    _C.gather_score_select_out(query.float().contiguous(), _matrix(emb), cand_ids.long().contiguous(),
+                               offset.float().contiguous(), logprob.float().contiguous(), weight.float().contiguous(),
+                               float(ratio), sample, float(tau), rand, chosen, scores, rewards)
+    return chosen, scores, rewards

@@ -63,3 +63,20 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, 
                              logprob.float().contiguous(), weight.float().contiguous(), sample, float(tau), rand,
                              chosen, scores, rewards)
     return chosen, scores, rewards
+
+
+def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mode, tau, rand, out=None):
+    # query [B, d], emb [V, d], cand_ids [B, k], offset [B], logprob [B, k], weight [B], rand [B]
+    B, k = cand_ids.shape
+    dev = query.device
+    sample = mode == SAMPLE
+    rand = rand.float().contiguous() if sample else torch.empty(0, device=dev)
+    if out is None:
+        out = (torch.empty(B, device=dev, dtype=torch.int64), torch.empty(B, k, device=dev),
+               torch.empty(B, k, device=dev))
+    chosen, scores, rewards = out
+    _C_cuda.gather_score_select_out(query.float().contiguous(), _matrix(emb), cand_ids.long().contiguous(),
+                                    offset.float().contiguous(), logprob.float().contiguous(),
+                                    weight.float().contiguous(), float(ratio), sample, float(tau), rand, chosen,
+                                    scores, rewards)
+    return chosen, scores, rewards

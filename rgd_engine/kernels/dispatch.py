@@ -1,11 +1,12 @@
-"""Backend dispatch for the two hot ops.
+"""Backend dispatch for the hot ops.
 
 `RGD_BACKEND=auto|torch|cpp|triton|cuda` (or a `backend=` keyword) picks the implementation. The choice
 for `auto` is made once per (process, device type) and logged once. An explicitly requested backend that
 cannot run raises; `auto` never silently changes numbers: every backend is parity-tested against torch.
 
 A backend is a module exposing `lmhead_topk(hidden, weight, k)`, `score_select(cand_hidden, bank_w,
-bank_b, slot, logprob, weight, mode, tau, rand)` and `availability(device_type) -> str | None`
+bank_b, slot, logprob, weight, mode, tau, rand)`, `gather_score_select(query, emb, cand_ids, offset,
+logprob, weight, ratio, mode, tau, rand)` and `availability(device_type) -> str | None`
 (None = usable, else the reason it is not).
 """
 from __future__ import annotations
@@ -134,3 +135,38 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode: str =
         raise ValueError(f"score_select: mode must be 'greedy' or 'sample', got {mode!r}")
     return _backend_module(backend, cand_hidden.device).score_select(
         cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, float(tau), rand)
+
+
+def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio: float = 0.0,
+                        mode: str = reference.GREEDY, tau: float = 1.0, rand: torch.Tensor | None = None, *,
+                        backend: str | None = None):
+    """Score each row's k candidates by their embedding rows against a per-row query, and choose one.
+
+    query [B, d], emb [V, d], cand_ids [B, k] int in [0, V), offset [B], logprob [B, k], weight [B], ratio float,
+    rand [B] uniform [0, 1) (sample mode) -> chosen [B] int64, scores [B, k] float32, rewards [B, k] float32,
+    rewards = emb[cand_ids] . query + offset - ratio * logprob; scores = logprob + weight * rewards
+    (see reference.gather_score_select_ref for what the `token` and `logratio` rules pass).
+    """
+    _check(query.dim() == 2, f"gather_score_select: query must be [B, d], got {tuple(query.shape)}")
+    B, d = query.shape
+    _check(emb.dim() == 2 and emb.shape[1] == d, f"gather_score_select: emb must be [V, {d}], got {tuple(emb.shape)}")
+    _check(cand_ids.dim() == 2 and cand_ids.shape[0] == B,
+           f"gather_score_select: cand_ids must be [{B}, k], got {tuple(cand_ids.shape)}")
+    k = cand_ids.shape[1]
+    _check(not cand_ids.is_floating_point(), "gather_score_select: cand_ids must be an integer tensor")
+    _check(tuple(offset.shape) == (B,), f"gather_score_select: offset must be [{B}], got {tuple(offset.shape)}")
+    _check(tuple(logprob.shape) == (B, k), f"gather_score_select: logprob must be [{B}, {k}], got {tuple(logprob.shape)}")
+    _check(tuple(weight.shape) == (B,), f"gather_score_select: weight must be [{B}], got {tuple(weight.shape)}")
+    _check(query.device == emb.device == cand_ids.device,
+           f"gather_score_select: query on {query.device}, emb on {emb.device}, cand_ids on {cand_ids.device}")
+    if cand_ids.numel():
+        lo, hi = int(cand_ids.min()), int(cand_ids.max())
+        _check(lo >= 0 and hi < emb.shape[0],
+               f"gather_score_select: cand_ids must be in [0, {emb.shape[0] - 1}], got [{lo}, {hi}]")
+    if mode == reference.SAMPLE:
+        _check(rand is not None and tuple(rand.shape) == (B,), f"gather_score_select: sample mode needs rand of shape [{B}]")
+        _check(tau > 0, f"gather_score_select: tau must be > 0, got {tau}")
+    elif mode != reference.GREEDY:
+        raise ValueError(f"gather_score_select: mode must be 'greedy' or 'sample', got {mode!r}")
+    return _backend_module(backend, query.device).gather_score_select(
+        query, emb, cand_ids, offset, logprob, weight, float(ratio), mode, float(tau), rand)

@@ -1,4 +1,4 @@
-"""Torch reference implementations of the two hot ops.
+"""Torch reference implementations of the hot ops (lmhead_topk, score_select, gather_score_select).
 
 These are the ground truth every fused backend (C++, Triton, CUDA) is tested against.
 They favour clarity over speed and materialize the full [B, V] logits.
@@ -77,4 +77,40 @@ def score_select_ref(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode=GR
         chosen = inverse_cdf_choice(scores, tau, rand)
     else:
         raise ValueError(f"score_select: mode must be 'greedy' or 'sample', got {mode!r}")
+    return chosen.to(torch.int64), scores, rewards
+
+
+def gather_score_select_ref(query, emb, cand_ids, offset, logprob, weight, ratio=0.0, mode=GREEDY, tau=1.0,
+                            rand=None):
+    """Token-level scoring of the k candidates by a per-row query vector against their embedding rows.
+
+    query [B, d], emb [V, d], cand_ids [B, k] (int, in [0, V)), offset [B], logprob [B, k], weight [B],
+    ratio (scalar), rand [B] (sample mode only)
+    -> chosen [B] int64, scores [B, k], rewards [B, k] (float32) with
+        rewards[b, j] = emb[cand_ids[b, j]] . query[b] + offset[b] - ratio * logprob[b, j]
+        scores = logprob + weight * rewards.
+    `token` rule: query = A_u h (per-user low-rank map), offset 0, ratio 0.
+    `logratio` rule: query = h_u (profile-conditioned state), offset = -lse_u, ratio 1, so the reward is
+    log pi_u(v) - log pi(v). Selection as in score_select_ref.
+
+    -inf logprobs (every backend implements exactly this):
+    - the ratio term is applied only when ratio != 0: with ratio 0 the reward is dot + offset (never 0 * -inf);
+      with ratio != 0 and logprob -inf the reward is -ratio * -inf (+inf for ratio 1), kept as is;
+    - a candidate with logprob == -inf is outside the policy's support: its score is -inf whatever the weight
+      and reward, and it is never chosen (greedy skips it; sampling gives it zero probability);
+    - a row whose candidates all have logprob -inf chooses index 0 (greedy and sample alike).
+    """
+    e = emb.float()[cand_ids.long()]  # [B, k, d]
+    lp = logprob.float()
+    rewards = torch.einsum("bkd,bd->bk", e, query.float()) + offset.float()[:, None]
+    ratio = float(torch.tensor(float(ratio), dtype=torch.float32))  # the fused backends see a float32 ratio
+    if ratio != 0.0:
+        rewards = rewards - ratio * lp
+    scores = torch.where(lp == -torch.inf, -torch.inf, lp + weight.float()[:, None] * rewards)  # [B, k]
+    if mode == GREEDY:
+        chosen = torch.argmax(scores, dim=-1)
+    elif mode == SAMPLE:
+        chosen = inverse_cdf_choice(scores, tau, rand)
+    else:
+        raise ValueError(f"gather_score_select: mode must be 'greedy' or 'sample', got {mode!r}")
     return chosen.to(torch.int64), scores, rewards

@@ -39,7 +39,8 @@ def report(tiny):
     decode.main(["--model", str(tiny["policy"]), "--reward-model", str(tiny["rm"]), "--prompt-len", "20",
                  "--new-tokens", "4", "--nocache-new-tokens", "4", "-k", "4", "-w", "2.0", "--repeats", "1",
                  "--mixed-batch", "3", "--swap-users", "1000", "--swap-repeats", "20", "--scaling",
-                 "--scaling-k", "1", "4", "--scaling-batch", "1", "2", "--json", str(out)])
+                 "--scaling-k", "1", "4", "--scaling-batch", "1", "2", "--context-len", "10", "--token-rank", "3",
+                 "--bon-samples", "3", "--bon-block-size", "3", "--json", str(out)])
     return json.loads(out.read_text()), out
 
 
@@ -52,6 +53,12 @@ def test_json_schema_and_side_files(report):
     assert cfg["params"]["new_tokens"] == 4 and cfg["params"]["k"] == 4
     assert cfg["backend"] in ("torch", "cpp")
     assert set(rep["results"]) == set(decode.MODES)
+    assert set(rep["rule_ratios"]) == {f"{m}_vs_{b}" for m in decode.RULE_MODES for b in decode.RULE_BASES}
+    r = rep["results"]
+    # KV: token adds no cache; logratio one more cache of context + prompt; bon-block N rows per row
+    assert r["rgd-token"]["kv_cache_mb"] == r["engine-greedy"]["kv_cache_mb"]
+    assert r["rgd-logratio"]["kv_cache_mb"] > 2 * r["engine-greedy"]["kv_cache_mb"]
+    assert r["rgd-bon-block"]["kv_cache_mb"] == pytest.approx(3 * r["engine-greedy"]["kv_cache_mb"])
     for mode, r in rep["results"].items():
         if mode == "head-swap":
             continue

@@ -62,3 +62,34 @@ def test_cli_stop_accepts_backslash_escapes():
 
     args = build_parser().parse_args(["--prompt", "x", "--stop", "\\n", ".", "a\\tb", "é\\n"])
     assert args.stop == ["\n", ".", "a\tb", "é\n"]
+
+
+def test_cli_rules_token_logratio_bon_block(tiny_dirs, capsys, tmp_path):
+    from rgd_engine import Engine, TokenHeadBank
+    from rgd_engine.models import load_causal_lm
+
+    g = torch.Generator().manual_seed(1)
+    tb = TokenHeadBank(64, rank=2, backbone_id=str(tiny_dirs["llama"]))
+    tb.add("alice", torch.randn(2, 64, generator=g) * 2, torch.randn(2, 64, generator=g) * 2)
+    tb.save(tmp_path / "tok.safetensors")
+    sb = HeadBank(64)
+    sb.add("alice", torch.randn(64, generator=g) * 3)
+    sb.save(tmp_path / "seq.safetensors")
+    base = ["--model", str(tiny_dirs["llama"]), "--prompt", "The quick brown", "--max-new-tokens", "6", "--json"]
+    engine = Engine(load_causal_lm(str(tiny_dirs["llama"])))
+    runs = {
+        "token": (["--rule", "token", "--heads", str(tmp_path / "tok.safetensors"), "--user", "alice", "-w", "2"],
+                  dict(rule="token", users=["alice"], heads=tb, weight=2.0)),
+        "logratio": (["--rule", "logratio", "--context", "Foxes:\\n", "-w", "0.5"],
+                     dict(rule="logratio", cond_prompts=["Foxes:\nThe quick brown"], weight=0.5)),
+        "bon-block": (["--rule", "bon-block", "--heads", str(tmp_path / "seq.safetensors"), "--user", "alice",
+                       "--samples", "3", "--block-size", "2", "--seed", "5"],
+                      dict(rule="bon-block", users=["alice"], heads=sb, n_samples=3, block_size=2, seed=5)),
+    }
+    for rule, (argv, api) in runs.items():
+        assert main(base + argv) == 0, rule
+        out = json.loads(capsys.readouterr().out)
+        want = engine.generate(["The quick brown"], max_new_tokens=6, **api)[0]
+        assert out["rule"] == rule and out["token_ids"] == want.token_ids, rule
+    assert main(base + ["--rule", "logratio"]) == 2
+    assert "--context" in capsys.readouterr().err

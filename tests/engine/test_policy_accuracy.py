@@ -76,3 +76,69 @@ def test_empty_response_is_rejected(tiny_dirs, load):
     lm = load(tiny_dirs["llama"])
     with pytest.raises(ValueError, match="non-empty response"):
         candidate_states(lm, lm, [5, 6], [], 3)
+
+
+@torch.no_grad()
+def brute_force_rule_score(policy, y, x, k, reward_of, weight, strict, reduce):
+    """S(y) from the definition with any per-step reward r_t(v) = reward_of(prefix, v), full forwards only."""
+    terms = []
+    for t in range(len(y)):
+        prefix = x + y[:t]
+        lp = torch.log_softmax(policy.hf_model(input_ids=torch.tensor([prefix]), use_cache=False).logits[0, -1].double(), -1)
+        top = torch.topk(lp, k).indices.tolist()
+        cands = top + ([y[t]] if y[t] not in top else [])
+        scores = {v: float(lp[v]) + weight * reward_of(prefix, v) for v in cands}
+        term = scores[y[t]] - math.log(sum(math.exp(s) for s in scores.values()))
+        terms.append(-math.inf if strict and y[t] not in top else term)
+    return sum(terms) / len(terms) if reduce == "mean" else sum(terms)
+
+
+def _assert_score(got, want):
+    if math.isinf(want):
+        assert math.isinf(got) and got < 0
+    else:
+        assert got == pytest.approx(want, abs=1e-4, rel=1e-4)
+
+
+@pytest.mark.parametrize("arch,separate", [("llama", False), ("gpt2", False), ("llama", True)])
+def test_token_and_logratio_policy_scores_equal_brute_force(tiny_dirs, load, arch, separate):
+    from rgd_engine.policy_accuracy import logratio_sequence_scores, token_sequence_scores
+
+    policy = load(tiny_dirs[arch])
+    reward = load(tiny_dirs["rm"]) if separate else None
+    engine = Engine(policy, reward)
+    backbone = reward or policy
+    g = torch.Generator().manual_seed(5)
+    d, r = backbone.hidden_size, 3
+    P, Q = torch.randn(2, r, d, generator=g), torch.randn(2, r, d, generator=g)
+    weights = torch.tensor([0.0, 0.6, 2.5])
+    x = engine.encode("Breaking news: the city")
+    cond = engine.encode("Council minutes. Breaking news: the city")
+    greedy = engine.generate(["Breaking news: the city"], max_new_tokens=4)[0].token_ids
+    y = greedy[:2] + engine.encode(" frog")[-1:] + greedy[2:]
+    k = 3
+    cs = candidate_states(policy, backbone, x, y, k, cond_prompt_ids=cond)
+    assert cs.ids.shape == (len(y), k + 1) and cs.prefix.shape == (len(y), d)
+    E = backbone.lm_head_weight.detach().double()
+
+    def h_last(lm, ids):
+        return lm.base(input_ids=torch.tensor([ids]), use_cache=False).last_hidden_state[0, -1].double()
+
+    def lp_last(ids):
+        return torch.log_softmax(policy.hf_model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].double(), -1)
+
+    for strict, reduce in ((False, "mean"), (True, "sum")):
+        tok = token_sequence_scores(cs, backbone.lm_head_weight, P, Q, weights, strict=strict, reduce=reduce)
+        lr = logratio_sequence_scores(cs, weights, strict=strict, reduce=reduce)
+        assert tok.shape == (2, 3) and lr.shape == (1, 3)
+        for i, w in enumerate(weights.tolist()):
+            for hd in range(2):
+                A = P[hd].double().t() @ Q[hd].double()
+                want = brute_force_rule_score(policy, y, x, k, lambda pre, v: float(E[v] @ (A @ h_last(backbone, pre))),
+                                              w, strict, reduce)
+                _assert_score(float(tok[hd, i]), want)
+            n = len(x)
+            want = brute_force_rule_score(policy, y, x, k,
+                                          lambda pre, v: float(lp_last(cond + pre[n:])[v] - lp_last(pre)[v]),
+                                          w, strict, reduce)
+            _assert_score(float(lr[0, i]), want)

@@ -54,7 +54,11 @@ def test_outputs_exist_and_schema(golden):
     out, res = golden
     for name in ("results.json", "samples.jsonl", "pairs.jsonl", "report.md", "rm_vs_policy.png", "rouge.png"):
         assert (out / name).is_file(), name
-    assert set(res["generation"]) >= {"zero-shot", "icl", "rgd/global/w=1", "rgd/vpl/w=3"}
+    assert set(res["generation"]) >= {"zero-shot", "icl", "rgd/global/w=1", "rgd/vpl/w=3", "rgd/token-global/w=1",
+                                      "rgd/token-per-user/w=3", "rgd/logratio-icl/w=1", "bon-block/per-user"}
+    assert {e["rule"] for v in res["reward_models"].values() for e in v.values()} == {"args", "token", "logratio"}
+    assert set(res["kendall"]["per_rule"]) == {"args", "token", "logratio"}
+    assert not any(s.startswith("bon-block") for s in res["reward_models"])
     assert "rgd/global/w=0" not in res["generation"]
     assert res["data"]["splits"]["test"]["users"] == 2
     pred = json.loads((out / "predictions" / "icl.json").read_text())
@@ -138,6 +142,62 @@ def test_rm_and_policy_accuracy_match_brute_force(golden, tiny_model):
         pol_correct += s_w > s_l
     assert entry["rm_accuracy"] == pytest.approx(rm_correct / len(test_q))
     assert entry["policy_accuracy"]["1"] == pytest.approx(pol_correct / len(test_q))
+
+
+@torch.no_grad()
+def brute_force_rule_S(policy, x, y, reward_of, weight, k):
+    """S(y) from the definition for a per-token reward reward_of(prefix, v) (token and logratio rules)."""
+    terms = []
+    for t in range(len(y)):
+        prefix = x + y[:t]
+        lp = torch.log_softmax(policy.hf_model(input_ids=torch.tensor([prefix])).logits[0, -1].double(), -1)
+        top = torch.topk(lp, k).indices.tolist()
+        cands = top + ([y[t]] if y[t] not in top else [])
+        s = {v: float(lp[v]) + weight * reward_of(prefix, v) for v in cands}
+        terms.append(s[y[t]] - math.log(sum(math.exp(v) for v in s.values())))
+    return sum(terms) / len(terms)
+
+
+def test_token_and_logratio_accuracies_match_brute_force(golden, tiny_model):
+    from rgd_engine import Engine, load_bank
+    from rgd_engine.models import load_causal_lm
+
+    out, res = golden
+    engine = Engine(load_causal_lm(str(tiny_model)))
+    policy = engine.policy
+    pairs = [json.loads(l) for l in (out / "pairs.jsonl").read_text().splitlines()]
+    test_q = [p for p in pairs if p["split"] == "test" and p["kind"] == "query"]
+    enc = lambda t: engine.tokenizer(" " + t.strip(), add_special_tokens=False)["input_ids"]  # noqa: E731
+    E = policy.lm_head_weight.detach().double()
+    bank = load_bank(out / "heads" / "token-per-user.safetensors")
+    entry = res["reward_models"]["token-per-user"][res["config"]["selected_variants"]["token-per-user"]]
+    lr_entry = next(iter(res["reward_models"]["logratio-icl"].values()))
+
+    def h_last(ids):
+        return policy.base(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].double()
+
+    def lp_last(ids):
+        return torch.log_softmax(policy.hf_model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1)
+
+    counts = {"tok_rm": 0, "tok_pol": 0, "lr_rm": 0, "lr_pol": 0}
+    for p in test_q:
+        P, Q = (t.double() for t in bank.head(p["user"]))
+        A = P.t() @ Q
+        x, cond = engine.encode(p["prompt"]), engine.encode(p["cond_prompt"])
+        tok_r = lambda pre, v: float(E[v] @ (A @ h_last(pre)))  # noqa: E731
+        lr_r = lambda pre, v: float(lp_last(cond + pre[len(x):])[v] - lp_last(pre)[v])  # noqa: E731
+        yw, yl = enc(p["chosen"]), enc(p["rejected"])
+        R = {name: [sum(fn(x + y[:t], y[t]) for t in range(len(y))) for y in (yw, yl)]
+             for name, fn in (("tok", tok_r), ("lr", lr_r))}
+        counts["tok_rm"] += R["tok"][0] > R["tok"][1]
+        counts["lr_rm"] += R["lr"][0] > R["lr"][1]
+        counts["tok_pol"] += brute_force_rule_S(policy, x, yw, tok_r, 1.0, 3) > brute_force_rule_S(policy, x, yl, tok_r, 1.0, 3)
+        counts["lr_pol"] += brute_force_rule_S(policy, x, yw, lr_r, 1.0, 3) > brute_force_rule_S(policy, x, yl, lr_r, 1.0, 3)
+    n = len(test_q)
+    assert entry["rm_accuracy"] == pytest.approx(counts["tok_rm"] / n)
+    assert entry["policy_accuracy"]["1"] == pytest.approx(counts["tok_pol"] / n)
+    assert lr_entry["rm_accuracy"] == pytest.approx(counts["lr_rm"] / n)
+    assert lr_entry["policy_accuracy"]["1"] == pytest.approx(counts["lr_pol"] / n)
 
 
 def test_interrupted_run_resumes_to_same_results(golden, tiny_model, tmp_path, monkeypatch):

@@ -34,3 +34,9 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, 
     from .launch import score_select as impl
 
     return impl(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, rand, out=out)
+
+
+def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mode, tau, rand, out=None):
+    from .launch import gather_score_select as impl
+
+    return impl(query, emb, cand_ids, offset, logprob, weight, ratio, mode, tau, rand, out=out)

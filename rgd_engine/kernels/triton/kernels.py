@@ -1,4 +1,4 @@
-"""Triton kernels of the two hot ops (run on GPU, or on CPU under TRITON_INTERPRET=1).
+"""Triton kernels of the hot ops (run on GPU, or on CPU under TRITON_INTERPRET=1).
 
 Launch configuration and buffer allocation live in launch.py; this module only holds the kernels.
 """
@@ -87,6 +87,34 @@ def lmhead_merge_kernel(part_m_ptr, part_s_ptr, part_v_ptr, part_i_ptr, logprob_
 
 
 @triton.jit
+def select_index(s, k_ok, offs_k, rnd, tau, SAMPLE: tl.constexpr):
+    """Chosen index along the last axis of the scores s ([BLOCK_K] or [R, BLOCK_K]; k_ok masks the padding).
+
+    rnd: the uniform draw, a scalar or [R, 1] (used only when SAMPLE). Result: a scalar or [R] (int32).
+    greedy: first argmax of s.  sample: p_j = exp((s_j - max s) / tau), chosen = first j with
+    cumsum(p)_j > rnd * sum(p); no hit (rounding) -> last j with p_j > 0.
+    A -inf score is never chosen unless the whole row is -inf: then 0. The result is always in [0, K), even
+    for nan scores.
+    """
+    neg_inf = float("-inf")
+    s = tl.where(k_ok, s, neg_inf)
+    m = tl.max(s, axis=-1, keep_dims=True)
+    big = 2147483647
+    if SAMPLE:
+        m = tl.where(m == neg_inf, 0.0, m)  # an all -inf row: every p_j = 0 (-> index 0), not nan
+        p = tl.where(k_ok, tl.exp((s - m) / tau), 0.0)
+        c = tl.cumsum(p, axis=-1)
+        target = rnd * tl.max(c, axis=-1, keep_dims=True)  # cumsum of p >= 0: its max is the total
+        first_hit = tl.min(tl.where((c > target) & k_ok, offs_k, big), axis=-1)
+        last_nonzero = tl.max(tl.where((p > 0) & k_ok, offs_k, 0), axis=-1)
+        idx = tl.where(first_hit < big, first_hit, last_nonzero)
+    else:
+        idx = tl.min(tl.where((s == m) & k_ok, offs_k, big), axis=-1)
+        idx = tl.where(idx < big, idx, 0)  # no s_j equals the max only when it is nan: stay in range
+    return idx
+
+
+@triton.jit
 def score_select_kernel(cand_ptr, bank_w_ptr, bank_b_ptr, slot_ptr, logprob_ptr, weight_ptr, rand_ptr,
                         chosen_ptr, scores_ptr, rewards_ptr, B, K, D, tau,
                         SAMPLE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -121,18 +149,47 @@ def score_select_kernel(cand_ptr, bank_w_ptr, bank_b_ptr, slot_ptr, logprob_ptr,
     s = lp + wb[:, None] * r
     tl.store(rewards_ptr + row_k, r, mask=rk_ok)
     tl.store(scores_ptr + row_k, s, mask=rk_ok)
-    neg_inf = float("-inf")
-    s = tl.where(k_ok[None, :], s, neg_inf)
-    m = tl.max(s, axis=1)  # [BLOCK_R]
-    big = 2147483647
     if SAMPLE:
-        p = tl.where(k_ok[None, :], tl.exp((s - m[:, None]) / tau), 0.0)
-        c = tl.cumsum(p, axis=1)
-        rnd = tl.load(rand_ptr + offs_r, mask=r_ok, other=0.0)
-        target = rnd * tl.max(c, axis=1)  # cumsum of p >= 0: its max is the total
-        first_hit = tl.min(tl.where((c > target[:, None]) & k_ok[None, :], offs_k[None, :], big), axis=1)
-        last_nonzero = tl.max(tl.where((p > 0) & k_ok[None, :], offs_k[None, :], 0), axis=1)
-        idx = tl.where(first_hit < big, first_hit, last_nonzero)
-    else:
-        idx = tl.min(tl.where((s == m[:, None]) & k_ok[None, :], offs_k[None, :], big), axis=1)
+        rnd = tl.load(rand_ptr + offs_r, mask=r_ok, other=0.0)[:, None]
+    else:  # greedy launches pass a 1-element placeholder for rand: never read it
+        rnd = 0.0
+    idx = select_index(s, k_ok, offs_k, rnd, tau, SAMPLE)
     tl.store(chosen_ptr + offs_r, idx.to(tl.int64), mask=r_ok)
+
+
+@triton.jit
+def gather_score_select_kernel(q_ptr, emb_ptr, ids_ptr, offset_ptr, logprob_ptr, weight_ptr, rand_ptr,
+                               chosen_ptr, scores_ptr, rewards_ptr, K, D, ratio, tau,
+                               SAMPLE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Token-level score + select; one program = one row b, candidate token ids v_j = cand_ids[b, j].
+
+    r_j = E_{v_j} . q_b + offset_b - ratio * logprob_j,  s_j = logprob_j + weight_b * r_j
+    selection as in score_select_kernel (select_index).
+    -inf rule: the ratio term only when ratio != 0; logprob_j = -inf -> s_j = -inf, never chosen (all -inf -> 0).
+    """
+    b = tl.program_id(0).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_ok = offs_k < K
+    ids = tl.load(ids_ptr + b * K + offs_k, mask=k_ok, other=0)  # [BLOCK_K] int64: row offsets below are 64-bit
+    acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        e = tl.load(emb_ptr + ids[:, None] * D + offs_d[None, :],
+                    mask=k_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_D]
+        q = tl.load(q_ptr + b * D + offs_d, mask=d_ok, other=0.0)  # [BLOCK_D]
+        acc += tl.sum(e * q[None, :], axis=1)
+    lp = tl.load(logprob_ptr + b * K + offs_k, mask=k_ok, other=0.0)
+    r = acc + tl.load(offset_ptr + b)
+    if ratio != 0.0:  # ratio 0 never multiplies a -inf logprob
+        r = r - ratio * lp
+    out_of_support = lp == float("-inf")
+    # The score of a -inf logprob is -inf whatever the weight and reward (w * r would be 0 * inf or inf - inf).
+    s = tl.where(out_of_support, float("-inf"), lp + tl.load(weight_ptr + b) * tl.where(out_of_support, 0.0, r))
+    tl.store(rewards_ptr + b * K + offs_k, r, mask=k_ok)
+    tl.store(scores_ptr + b * K + offs_k, s, mask=k_ok)
+    if SAMPLE:
+        rnd = tl.load(rand_ptr + b)
+    else:  # greedy launches pass a 1-element placeholder for rand: never read it
+        rnd = 0.0
+    tl.store(chosen_ptr + b, select_index(s, k_ok, offs_k, rnd, tau, SAMPLE).to(tl.int64))

@@ -79,3 +79,25 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, 
         logprob.float().contiguous(), weight.float().contiguous(), rand, chosen, scores, rewards, B, k, D,
         float(tau), SAMPLE=sample, BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_D=min(BLOCK_D, triton.next_power_of_2(D)))
     return chosen, scores, rewards
+
+
+def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mode, tau, rand, out=None):
+    # query [B, d], emb [V, d], cand_ids [B, k], offset [B], logprob [B, k], weight [B], rand [B]
+    dev = query.device
+    _check_dtypes(dev, query, emb)
+    B, k = cand_ids.shape
+    D = query.shape[1]
+    sample = mode == SAMPLE
+    rand = rand.float().contiguous() if sample else torch.zeros(1, device=dev)
+    if out is None:
+        out = (torch.empty(B, device=dev, dtype=torch.int64), torch.empty(B, k, device=dev),
+               torch.empty(B, k, device=dev))
+    chosen, scores, rewards = out
+    if B == 0:
+        return chosen, scores, rewards
+    kernels.gather_score_select_kernel[(B,)](
+        query.float().contiguous(), emb.contiguous(), cand_ids.long().contiguous(), offset.float().contiguous(),
+        logprob.float().contiguous(), weight.float().contiguous(), rand, chosen, scores, rewards, k, D, float(ratio),
+        float(tau), SAMPLE=sample, BLOCK_K=max(2, triton.next_power_of_2(k)),
+        BLOCK_D=min(BLOCK_D, triton.next_power_of_2(D)))
+    return chosen, scores, rewards

@@ -1,0 +1,94 @@
+"""Blockwise best-of-N (`bon-block` rule; blockwise controlled decoding).
+
+Per block: every row fans out into N samples that each draw M tokens from pi (temperature / top-k / top-p of the
+config), each sample is scored by the row's sequence-level head on the reward backbone's final-norm state after
+its last token, r_u(x o y o block_n), the best block is kept (first on ties) and the next block starts from it.
+N = 1 is plain sampling; M >= max_new_tokens is plain best-of-N over whole responses.
+
+The N samples are N batch rows, each holding the row's cache: the fan-out and the copy of the winner's cache over
+its group after each block are one gather per block (`KVCache.select_rows`), amortized over M tokens. A sample
+that emits EOS is finished: its later tokens are ignored and its reward is read at its EOS. Stop strings are
+applied to the kept tokens only (they cut the text but do not end a sample inside a block). The reward of a
+block is selected by `score_select` with zero log-probs and w = 1, i.e. argmax_n r_u.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import GenerationConfig
+from .heads import HeadBank
+from .kernels import GREEDY, score_select
+from .sampling import filter_logits, sample_tokens
+from .stopping import RowStopper
+
+
+def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | None,
+                       slots: torch.Tensor | None, users: list | None) -> list:
+    from .decoder import Generation, _Stream, left_pad
+
+    B, N, dev = len(prompts), cfg.n_samples, dec.policy.device
+    slots = torch.full((B,), -1, dtype=torch.int64, device=dev) if slots is None else slots.to(dev)
+    guided = bank is not None and bool((slots >= 0).any())
+    ids, pad_mask = left_pad(prompts, dec.policy.tokenizer.pad_token_id, dev)
+    capacity = ids.shape[1] + cfg.max_new_tokens + 1
+    fan_out = torch.arange(B, device=dev).repeat_interleave(N)  # [B*N]
+    policy = _Stream(dec.policy, ids, pad_mask, capacity)
+    policy.select_rows(fan_out)
+    rm = None
+    if guided and dec.reward is not None:
+        rm = _Stream(dec.reward, ids, pad_mask, capacity)
+        rm.select_rows(fan_out)
+    scorer = rm if rm is not None else policy
+    gen = torch.Generator(device=dev)
+    if cfg.seed is not None:
+        gen.manual_seed(cfg.seed)
+    else:
+        gen.seed()
+    eos = set() if cfg.ignore_eos else dec.eos_ids
+    eos_t = torch.tensor(sorted(eos), dtype=torch.int64, device=dev)
+    pad_id = dec.policy.tokenizer.pad_token_id
+    rows = [RowStopper(dec.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
+    steps: list[list] = [[] for _ in range(B)]
+    done = [False] * B
+    zeros, ones = torch.zeros(B, N, device=dev), torch.ones(B, device=dev)
+    produced = 0
+    while produced < cfg.max_new_tokens and not all(done):
+        m = min(cfg.block_size, cfg.max_new_tokens - produced)
+        block = torch.empty(B * N, m, dtype=torch.int64, device=dev)  # [B*N, m]
+        finished = torch.zeros(B * N, dtype=torch.bool, device=dev)
+        end_state = scorer.last_hidden.clone()  # [B*N, d]
+        for j in range(m):
+            logits = filter_logits(dec.policy.logits(policy.last_hidden), cfg.temperature, cfg.top_k, cfg.top_p)
+            tok = torch.where(finished, pad_id, sample_tokens(logits, gen))  # [B*N]
+            block[:, j] = tok
+            policy.step(tok)
+            if rm is not None:
+                rm.step(tok)
+            end_state = torch.where(finished[:, None], end_state, scorer.last_hidden)
+            finished |= torch.isin(tok, eos_t)
+        if guided:
+            best, _, rewards = score_select(end_state.view(B, N, -1), bank.W, bank.b, slots, zeros, ones, GREEDY,
+                                            backend=dec.backend)  # [B], [B, N]
+        else:
+            best, rewards = torch.zeros(B, dtype=torch.int64, device=dev), zeros
+        winners = torch.arange(B, device=dev) * N + best  # [B]
+        kept = block[winners].tolist()
+        for b in range(B):
+            if done[b]:
+                continue
+            if cfg.return_scores:
+                steps[b].append({"block": block.view(B, N, m)[b].tolist(), "reward": rewards[b].tolist(),
+                                 "chosen": int(best[b])})
+            for t in kept[b]:
+                done[b] = rows[b].push(t)
+                if done[b]:
+                    break
+        produced += m
+        if produced < cfg.max_new_tokens and not all(done):
+            regroup = winners.repeat_interleave(N)  # every sample of a row continues from the row's winner
+            policy.select_rows(regroup)
+            if rm is not None:
+                rm.select_rows(regroup)
+    return [Generation(text=r.text(), token_ids=r.ids, finish_reason=r.finish_reason or "length",
+                       user=users[b] if users else None, steps=steps[b] if cfg.return_scores else None)
+            for b, r in enumerate(rows)]
