@@ -10,17 +10,23 @@ from . import build
 from .io import read_json
 from .lamp import DATA_DIR, DEFAULT_LAMP_DIR, find_splits
 from .report import write_report
+from .pipeline import LOGRATIO_METHOD, RULES
 from .reward_models import METHODS, variant_name, variants
 from .tasks import TASKS
+from .token_models import TOKEN_METHODS, token_variants
 
 
 def cmd_ls(args) -> int:
     print("tasks:")
     for name, spec in TASKS.items():
         print(f"  {name:8s} {spec.description}")
+    print("rules: " + ", ".join(RULES))
     print("methods (variants):")
     for name in METHODS:
-        print(f"  {name:8s} " + "; ".join(variant_name(v) for v in variants(name)))
+        print(f"  {name:16s} [args, bon-block] " + "; ".join(variant_name(v) for v in variants(name)))
+    for name in TOKEN_METHODS:
+        print(f"  {name:16s} [token] " + "; ".join(variant_name(v) for v in token_variants(name)))
+    print(f"  {LOGRATIO_METHOD:16s} [logratio] the policy conditioned on the user's BM25 top --icl-n profile items")
     print(f"shipped data ({DATA_DIR}):")
     for d in sorted(p for p in DATA_DIR.iterdir() if p.is_dir() and find_splits(p)):
         print(f"  {d.name}: splits {', '.join(find_splits(d))}" + ("  [default]" if d == DEFAULT_LAMP_DIR else ""))

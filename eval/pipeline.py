@@ -61,10 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sequence-level RM methods (rules args and bon-block)")
     p.add_argument("--token-methods", nargs="*", default=list(TOKEN_METHODS), choices=list(TOKEN_METHODS),
                    help="token-level RM methods (rule token)")
+    p.add_argument("--bon-methods", nargs="*", default=["per-user"], choices=list(METHODS),
+                   help="sequence-level methods whose heads bon-block uses (each one of --methods)")
     p.add_argument("--bon-samples", type=int, default=4, help="bon-block: samples N per block")
     p.add_argument("--bon-block-size", type=int, default=8, help="bon-block: tokens M per block")
     p.add_argument("--bon-temperature", type=float, default=0.7, help="bon-block: sampling temperature of pi")
-    p.add_argument("--weights", default="0,0.5,1,2,4", help="comma-separated reward weights w")
+    p.add_argument("--weights", default="0,0.5,1,2,4", help="comma-separated reward weights w (policy accuracy)")
+    p.add_argument("--gen-weights", default="0.5,2",
+                   help="the weights w > 0 generation runs for every guided method (each one of --weights; "
+                        "generation is the expensive stage)")
     p.add_argument("-k", type=int, default=10, help="candidates per step (top-k of the policy)")
     p.add_argument("--limit", type=int, default=None, help="testing: keep the first N users of each split")
     p.add_argument("--seed", type=int, default=0)
@@ -300,9 +305,14 @@ def run(args) -> int:
     run_dir = Path(args.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = parse_weights(args.weights)
+    gen_weights = [w for w in parse_weights(args.gen_weights) if w != 0]  # w = 0 is the zero-shot system
+    if not set(gen_weights) <= set(weights):
+        raise SystemExit(f"rgd-eval: --gen-weights {gen_weights} must be among --weights {weights}")
     rules = list(dict.fromkeys(args.rules))
     if not rules:
         raise SystemExit("rgd-eval: --rules needs at least one rule")
+    if "bon-block" in rules and not set(args.bon_methods) <= set(args.methods):
+        raise SystemExit(f"rgd-eval: --bon-methods {args.bon_methods} must be among --methods {args.methods}")
     torch.manual_seed(args.seed)
 
     ds = limit_users(load_lamp(args.data), args.limit)
@@ -432,7 +442,7 @@ def run(args) -> int:
         bank.save(run_dir / "heads" / f"{name}.safetensors")
         if "args" in rules:
             guided.append((name, bank, {"rule": "args"}))
-        if "bon-block" in rules:
+        if "bon-block" in rules and name in args.bon_methods:
             system = f"bon-block/{name}"
             predictions[system] = generate_texts(
                 engine, run_dir, f"gen-bon-{name}", {**gen_key, "variant": selected[name]},
@@ -450,9 +460,7 @@ def run(args) -> int:
     if "logratio" in rules:
         guided.append((LOGRATIO_METHOD, None, {"rule": "logratio"}))
     for name, bank, rule_cfg in guided:
-        for w in weights:
-            if w == 0:
-                continue  # w = 0 is the zero-shot policy itself
+        for w in gen_weights:
             system = f"rgd/{name}/w={w_key(w)}"
             predictions[system] = generate_texts(
                 engine, run_dir, f"gen-rgd-{name}-{w_key(w)}", {**gen_key, "variant": selected[name], "w": w},
@@ -462,7 +470,8 @@ def run(args) -> int:
 
     # 6. scores, correlations, outputs
     generation = {s: score_generation(p, golds, n_boot=args.n_boot, seed=args.seed) for s, p in predictions.items()}
-    config = {**{k: v for k, v in vars(args).items() if k != "func"}, "weights": weights, "backend": backend, "selected_variants": selected,
+    config = {**{k: v for k, v in vars(args).items() if k != "func"}, "weights": weights, "gen_weights": gen_weights,
+              "backend": backend, "selected_variants": selected,
               "versions": versions(), "git": git_hash(), "python": platform.python_version(),
               "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
               "policy_accuracy_definition": "DESIGN.md: mean_t log softmax over C_t = top-k U {y_t} of "

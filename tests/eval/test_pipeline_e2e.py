@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for tiny_
 
 from tiny_models import make_tokenizer, save_tiny  # noqa: E402
 
-ARGS = ["--limit", "2", "--max-profile-pairs", "4", "--min-profile-pairs", "2", "--weights", "0,1,3", "-k", "3",
-        "--max-new-tokens", "5", "--n-boot", "50", "--batch-size", "4"]
+ARGS = ["--limit", "2", "--max-profile-pairs", "4", "--min-profile-pairs", "2", "--weights", "0,1,3",
+        "--gen-weights", "1,3", "-k", "3", "--max-new-tokens", "5", "--n-boot", "50", "--batch-size", "4"]
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,7 @@ def test_cli_ls_and_build_data(tmp_path, capsys):
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
     assert all(m in out for m in METHODS) and "LaMP-7" in out and "lamp4_news" in out
+    assert all(m in out for m in ("token-global", "token-per-user", "logratio-icl", "bon-block"))
     raw = tmp_path / "raw.jsonl"
     rows = [{"authors": f"Author {a}", "headline": f"H{a}{k}", "short_description": f"D{a}{k}",
              "date": f"2020-01-{k + 1:02d}"} for a in range(4) for k in range(5)]
