@@ -19,7 +19,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "torch>=2.3",
-        "transformers>=4.56",
+        "transformers>=5.24",  # the StaticCache layer API the KV cache drives; the version tested
         "safetensors>=0.4",
         "accelerate>=0.30",
         "gguf>=0.10",
