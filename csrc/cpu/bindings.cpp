@@ -51,6 +51,22 @@ void lmhead_topk_out(const torch::Tensor& hidden, const torch::Tensor& weight, i
   }
 }
 
+// The arguments every score-and-choose op shares: logprob [B, k], weight [B], the outputs, and rand / tau.
+void check_selection(const char* op, int64_t B, int64_t k, const torch::Tensor& logprob, const torch::Tensor& weight,
+                     bool sample, double tau, const torch::Tensor& rand, const torch::Tensor& chosen,
+                     const torch::Tensor& scores, const torch::Tensor& rewards) {
+  check(logprob, op, "logprob", at::kFloat, {B, k});
+  check(weight, op, "weight", at::kFloat, {B});
+  check(chosen, op, "chosen", at::kLong, {B});
+  check(scores, op, "scores", at::kFloat, {B, k});
+  check(rewards, op, "rewards", at::kFloat, {B, k});
+  TORCH_CHECK(k >= 1, op, ": need at least one candidate per row");
+  if (sample) {
+    check(rand, op, "rand", at::kFloat, {B});
+    TORCH_CHECK(tau > 0, op, ": tau must be > 0, got ", tau);
+  }
+}
+
 // cand_hidden [B, k, d], bank_w [U, d] (same dtype, f32|bf16), bank_b [U] f32, slot [B] i64, logprob [B, k] f32,
 // weight [B] f32, rand [B] f32 (read in sample mode) -> chosen [B] i64, scores [B, k] f32, rewards [B, k] f32
 void score_select_out(const torch::Tensor& cand_hidden, const torch::Tensor& bank_w, const torch::Tensor& bank_b,
@@ -66,16 +82,7 @@ void score_select_out(const torch::Tensor& cand_hidden, const torch::Tensor& ban
   check(bank_w, op, "bank_w", cand_hidden.scalar_type(), {U, d});
   check(bank_b, op, "bank_b", at::kFloat, {U});
   check(slot, op, "slot", at::kLong, {B});
-  check(logprob, op, "logprob", at::kFloat, {B, k});
-  check(weight, op, "weight", at::kFloat, {B});
-  check(chosen, op, "chosen", at::kLong, {B});
-  check(scores, op, "scores", at::kFloat, {B, k});
-  check(rewards, op, "rewards", at::kFloat, {B, k});
-  TORCH_CHECK(k >= 1, op, ": need at least one candidate per row");
-  if (sample) {
-    check(rand, op, "rand", at::kFloat, {B});
-    TORCH_CHECK(tau > 0, op, ": tau must be > 0, got ", tau);
-  }
+  check_selection(op, B, k, logprob, weight, sample, tau, rand, chosen, scores, rewards);
   if (B > 0) {
     const int64_t lo = slot.min().item<int64_t>(), hi = slot.max().item<int64_t>();
     TORCH_CHECK(lo >= -1 && hi < U, op, ": slot values must be in [-1, ", U - 1, "], got [", lo, ", ", hi, "]");
@@ -114,16 +121,7 @@ void gather_score_select_out(const torch::Tensor& query, const torch::Tensor& em
   TORCH_CHECK(emb.size(1) == d, op, ": query dim ", d, " != emb dim ", emb.size(1));
   check(cand_ids, op, "cand_ids", at::kLong, {B, k});
   check(offset, op, "offset", at::kFloat, {B});
-  check(logprob, op, "logprob", at::kFloat, {B, k});
-  check(weight, op, "weight", at::kFloat, {B});
-  check(chosen, op, "chosen", at::kLong, {B});
-  check(scores, op, "scores", at::kFloat, {B, k});
-  check(rewards, op, "rewards", at::kFloat, {B, k});
-  TORCH_CHECK(k >= 1, op, ": need at least one candidate per row");
-  if (sample) {
-    check(rand, op, "rand", at::kFloat, {B});
-    TORCH_CHECK(tau > 0, op, ": tau must be > 0, got ", tau);
-  }
+  check_selection(op, B, k, logprob, weight, sample, tau, rand, chosen, scores, rewards);
   if (B == 0) return;
   // The kernel indexes emb with these ids: an out-of-range id would read outside the buffer.
   const int64_t lo = cand_ids.min().item<int64_t>(), hi = cand_ids.max().item<int64_t>();

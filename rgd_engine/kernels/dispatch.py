@@ -94,6 +94,17 @@ def _check(cond: bool, msg: str):
         raise ValueError(msg)
 
 
+def _check_selection(op: str, B: int, k: int, logprob, weight, mode: str, tau: float, rand) -> None:
+    """The arguments every score-and-choose op shares: logprob [B, k], weight [B], mode, tau, rand [B]."""
+    _check(tuple(logprob.shape) == (B, k), f"{op}: logprob must be [{B}, {k}], got {tuple(logprob.shape)}")
+    _check(tuple(weight.shape) == (B,), f"{op}: weight must be [{B}], got {tuple(weight.shape)}")
+    if mode == reference.SAMPLE:
+        _check(rand is not None and tuple(rand.shape) == (B,), f"{op}: sample mode needs rand of shape [{B}]")
+        _check(tau > 0, f"{op}: tau must be > 0, got {tau}")
+    elif mode != reference.GREEDY:
+        raise ValueError(f"{op}: mode must be 'greedy' or 'sample', got {mode!r}")
+
+
 def lmhead_topk(hidden: torch.Tensor, weight: torch.Tensor, k: int, *, backend: str | None = None):
     """Exact top-k log-softmax of the LM head without materializing [B, V] in the fused backends.
 
@@ -123,16 +134,10 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode: str =
     _check(tuple(bank_b.shape) == (bank_w.shape[0],), f"score_select: bank_b must be [{bank_w.shape[0]}], got {tuple(bank_b.shape)}")
     _check(tuple(slot.shape) == (B,), f"score_select: slot must be [{B}], got {tuple(slot.shape)}")
     _check(not slot.is_floating_point(), "score_select: slot must be an integer tensor")
-    _check(tuple(logprob.shape) == (B, k), f"score_select: logprob must be [{B}, {k}], got {tuple(logprob.shape)}")
-    _check(tuple(weight.shape) == (B,), f"score_select: weight must be [{B}], got {tuple(weight.shape)}")
+    _check_selection("score_select", B, k, logprob, weight, mode, tau, rand)
     if slot.numel():
         _check(int(slot.max()) < bank_w.shape[0] and int(slot.min()) >= -1,
                f"score_select: slot values must be in [-1, {bank_w.shape[0] - 1}], got [{int(slot.min())}, {int(slot.max())}]")
-    if mode == reference.SAMPLE:
-        _check(rand is not None and tuple(rand.shape) == (B,), f"score_select: sample mode needs rand of shape [{B}]")
-        _check(tau > 0, f"score_select: tau must be > 0, got {tau}")
-    elif mode != reference.GREEDY:
-        raise ValueError(f"score_select: mode must be 'greedy' or 'sample', got {mode!r}")
     return _backend_module(backend, cand_hidden.device).score_select(
         cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, float(tau), rand)
 
@@ -155,18 +160,12 @@ def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio: fl
     k = cand_ids.shape[1]
     _check(not cand_ids.is_floating_point(), "gather_score_select: cand_ids must be an integer tensor")
     _check(tuple(offset.shape) == (B,), f"gather_score_select: offset must be [{B}], got {tuple(offset.shape)}")
-    _check(tuple(logprob.shape) == (B, k), f"gather_score_select: logprob must be [{B}, {k}], got {tuple(logprob.shape)}")
-    _check(tuple(weight.shape) == (B,), f"gather_score_select: weight must be [{B}], got {tuple(weight.shape)}")
+    _check_selection("gather_score_select", B, k, logprob, weight, mode, tau, rand)
     _check(query.device == emb.device == cand_ids.device,
            f"gather_score_select: query on {query.device}, emb on {emb.device}, cand_ids on {cand_ids.device}")
     if cand_ids.numel():
         lo, hi = int(cand_ids.min()), int(cand_ids.max())
         _check(lo >= 0 and hi < emb.shape[0],
                f"gather_score_select: cand_ids must be in [0, {emb.shape[0] - 1}], got [{lo}, {hi}]")
-    if mode == reference.SAMPLE:
-        _check(rand is not None and tuple(rand.shape) == (B,), f"gather_score_select: sample mode needs rand of shape [{B}]")
-        _check(tau > 0, f"gather_score_select: tau must be > 0, got {tau}")
-    elif mode != reference.GREEDY:
-        raise ValueError(f"gather_score_select: mode must be 'greedy' or 'sample', got {mode!r}")
     return _backend_module(backend, query.device).gather_score_select(
         query, emb, cand_ids, offset, logprob, weight, float(ratio), mode, float(tau), rand)
