@@ -26,17 +26,19 @@ class RawRecord:
 @dataclass(frozen=True)
 class BuildParams:
     task: str = "LaMP-4"
-    min_items: int = 12         # an author needs this many records to become a user
-    n_users: int = 24
-    n_train: int = 16           # the other n_users - n_train users are test users
-    queries_per_user: int = 6   # newest items -> held-out queries
+    min_items: int = 8          # an author needs this many records to become a user
+    n_users: int | None = None  # None: every eligible author
+    n_train: int | None = None  # None: half of the users (rounded down); the others are test users
+    queries_per_user: int = 4   # newest items -> held-out queries
     profile_cap: int = 30       # newest preceding items kept as the profile
     seed: int = 0
 
     def check(self) -> None:
         if self.min_items < self.queries_per_user + 1:
             raise ValueError("min_items must leave at least one profile item: min_items >= queries_per_user + 1")
-        if not 0 < self.n_train < self.n_users:
+        if self.n_users is not None and self.n_users < 2:
+            raise ValueError("n_users must be >= 2 (both splits non-empty)")
+        if self.n_train is not None and self.n_users is not None and not 0 < self.n_train < self.n_users:
             raise ValueError("need 0 < n_train < n_users (both splits non-empty)")
         if self.queries_per_user < 1 or self.profile_cap < 1:
             raise ValueError("queries_per_user and profile_cap must be >= 1")
@@ -94,23 +96,28 @@ def build_lamp(records: list[RawRecord], params: BuildParams = BuildParams()) ->
     for r in records:
         by_author.setdefault(r.author, []).append(r)
     eligible = sorted(a for a, rs in by_author.items() if len(rs) >= params.min_items)
-    if len(eligible) < params.n_users:
+    n_users = len(eligible) if params.n_users is None else params.n_users
+    if len(eligible) < max(n_users, 2):
         raise ValueError(f"only {len(eligible)} authors have >= {params.min_items} items; "
-                         f"n_users={params.n_users} requested")
+                         f"n_users={n_users} requested")
+    n_train = n_users // 2 if params.n_train is None else params.n_train
+    if not 0 < n_train < n_users:
+        raise ValueError(f"need 0 < n_train < n_users (both splits non-empty), got {n_train} of {n_users}")
     # Two independent seeded draws, so rebuilding from the shipped subset (only the selected authors)
     # reselects the same users and the same split.
-    selected = sorted(random.Random(params.seed).sample(eligible, params.n_users))
+    selected = sorted(random.Random(params.seed).sample(eligible, n_users))
     order = list(selected)
     random.Random(params.seed + 1).shuffle(order)
-    train_authors = set(order[: params.n_train])
+    train_authors = set(order[:n_train])
 
     splits: dict[str, tuple[list[dict], dict]] = {s: ([], {"task": task.replace("-", "_"), "golds": []})
                                                   for s in ("train", "test")}
     user_authors: dict[str, str] = {}
     profile_items = {"train": 0, "test": 0}
     kept: set[int] = set()  # source indices of the records used (queries + profiles)
+    width = max(2, len(str(n_users - 1)))
     for u, author in enumerate(selected):
-        uid = f"u{u:02d}"
+        uid = f"u{u:0{width}d}"
         user_authors[uid] = author
         items = sorted(by_author[author], key=lambda r: (r.date, -r.index))  # source is newest first
         queries = items[-params.queries_per_user:]
@@ -132,7 +139,7 @@ def build_lamp(records: list[RawRecord], params: BuildParams = BuildParams()) ->
         "authors": len(by_author),
         "authors_eligible": len(eligible),
         "authors_skipped_too_few_items": len(by_author) - len(eligible),
-        "authors_eligible_not_sampled": len(eligible) - params.n_users,
+        "authors_eligible_not_sampled": len(eligible) - n_users,
         "users": {s: len({q["user_id"] for q in qs}) for s, (qs, _) in splits.items()},
         "queries": {s: len(qs) for s, (qs, _) in splits.items()},
         "profile_items": profile_items,

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from . import build
 from .io import read_json
 from .lamp import DATA_DIR, DEFAULT_LAMP_DIR, find_splits
 from .report import write_report
-from .pipeline import LOGRATIO_METHOD, RULES
+from .errors import RGDEvalError
+from .run_args import RULES
 from .reward_models import METHODS, variant_name, variants
 from .tasks import TASKS
 from .token_models import TOKEN_METHODS, token_variants
@@ -26,7 +29,7 @@ def cmd_ls(args) -> int:
         print(f"  {name:16s} [args, bon-block] " + "; ".join(variant_name(v) for v in variants(name)))
     for name in TOKEN_METHODS:
         print(f"  {name:16s} [token] " + "; ".join(variant_name(v) for v in token_variants(name)))
-    print(f"  {LOGRATIO_METHOD:16s} [logratio] the policy conditioned on the user's BM25 top --icl-n profile items")
+    print(f"  {'logratio-icl':16s} [logratio] the policy conditioned on the user's BM25 top --icl-n profile items")
     print(f"shipped data ({DATA_DIR}):")
     for d in sorted(p for p in DATA_DIR.iterdir() if p.is_dir() and find_splits(p)):
         print(f"  {d.name}: splits {', '.join(find_splits(d))}" + ("  [default]" if d == DEFAULT_LAMP_DIR else ""))
@@ -78,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = build.BuildParams()
     b.add_argument("--task", default=d.task)
     b.add_argument("--min-items", type=int, default=d.min_items, help="records an author needs to be a user")
-    b.add_argument("--n-users", type=int, default=d.n_users)
-    b.add_argument("--n-train", type=int, default=d.n_train, help="train users; the rest are test users")
+    b.add_argument("--n-users", type=int, default=d.n_users, help="users to sample (default: every eligible author)")
+    b.add_argument("--n-train", type=int, default=d.n_train,
+                   help="train users; the rest are test users (default: half)")
     b.add_argument("--queries-per-user", type=int, default=d.queries_per_user, help="newest items held out")
     b.add_argument("--profile-cap", type=int, default=d.profile_cap, help="max profile items per user")
     b.add_argument("--seed", type=int, default=d.seed)
@@ -91,15 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipeline = _pipeline()
     if pipeline is not None:
+        from .run_args import add_arguments
+
         run = sub.add_parser("run", help="run the whole study (needs the engine)")
-        pipeline.add_arguments(run)
+        add_arguments(run)
         run.set_defaults(func=pipeline.run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; a user-facing error (bad argument, data, model, head bank) is printed on one line and
+    exits 2, with the traceback only under --debug or RGD_DEBUG=1."""
+    from rgd_engine.errors import RGDError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (RGDError, RGDEvalError) as e:
+        if getattr(args, "debug", False) or os.environ.get("RGD_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"rgd-eval: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RGDEvalError
 from .tasks import TASKS, canonical_task
 
 
-class LaMPFormatError(ValueError):
+class LaMPFormatError(RGDEvalError):
     """Bad LaMP-format data; names the file, the record id and the field where known."""
 
     def __init__(self, message: str, file: str | Path | None = None, id: str | None = None,

@@ -1,289 +1,269 @@
-"""`rgd-eval run`: the whole study, stage by stage, each stage cached so an interrupted run resumes.
+"""`rgd-eval run`: the study as a short line of stages (eval/stages.py), each cached by what it reads.
 
-Stages: data -> base-policy greedy outputs (Pref-LaMP rejected texts) -> reward features h(x o y) (and the
-per-token prefix states for token-level heads) -> every method x variant fits heads -> RM accuracy -> one
-candidate tree per test query response (plus one forward of the profile-conditioned prompt for `logratio`) ->
-policy accuracy for every (rule, method, variant, w) -> generation on test queries (zero-shot, ICL, each rule per
-method and w, bon-block per method) -> ROUGE -> Kendall tau -> results.json, samples.jsonl, LaMP-format
-predictions, head banks, report.md and plots.
+data -> [paraphrases: LaMP-7 pair inputs] -> negatives (rejected texts) -> Pref-LaMP pairs -> features
+(sequence, token) -> reward models (every method x variant; heads for train and test users) -> candidate trees
+(every query pair of train and test users) -> reward scales, policy accuracy, validated w -> generation
+(zero-shot, ICL, every rule at its validated w, bon-block) -> analysis (rgd_eval.analysis) -> outputs.
 
 Rules (decoder.py): `args` uses the sequence-level methods (global, per-user, lore, vpl); `token` the token-level
-methods (token-global, token-per-user, GenARM loss); `logratio` has one reward, the policy conditioned on the
-user's BM25-retrieved profile items (method `logratio-icl`: log pi(.|ICL prompt) - log pi(.|zero-shot prompt));
-`bon-block` keeps the best of N sampled blocks by each sequence-level method's heads and is judged on generation
-only. Generation systems are `rgd/{method}/w={w}` (method names say the rule) and `bon-block/{method}`.
+methods (token-global, token-per-user); `logratio` one reward, the policy conditioned on the user's BM25 top
+profile items (`logratio-icl`); `bon-block` the best of N sampled blocks by a sequence-level method's heads.
 
-Every prompt is the task's zero-shot prompt (input + answer cue) except ICL's. The reward input of a response
-is prompt tokens + tokens of " " + response, the same format the decoder produces after the answer cue.
-Generation for RGD uses, per method, the variant with the best RM accuracy on the *train* users' held-out
-query pairs (validation); test pairs are only evaluated.
+Validation never touches the test users: each method's variant is the one with the best RM accuracy on the
+*train* users' held-out query pairs, and each configuration's w the one with the best policy accuracy there.
+Rewards are standardised: a configuration's r is divided by its standard deviation over the candidates of the
+train users' query pairs, so w (in reward standard deviations) means the same for every method.
+Every prompt is the task's zero-shot prompt (input + answer cue) except ICL's and the logratio context; the reward
+input of a response is prompt tokens + tokens of " " + response, what the decoder produces after the answer cue.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import logging
-import platform
-import subprocess
+import random
 import time
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from .io import cached_stage, write_json, write_text
-from .lamp import DEFAULT_LAMP_DIR, LaMPDataset, load_lamp
-from .metrics import accuracy_from_rewards, kendall_tau, rm_accuracy, score_generation
-from .preferences import build_pref_lamp, features_by_user, generation_inputs
+from .analysis import analyse
+from .errors import DataError
+from .features import features_by_user
+from .lamp import LaMPDataset, load_lamp
+from .metrics import rm_accuracy, score_generation, token_rm_accuracy, accuracy_from_rewards
+from .outputs import write_outputs
+from .preferences import (GENERATED_SOURCES, PrefLaMP, build_pref_lamp, negative_prompts, pair_sources,
+                          paraphrase_prompts)
 from .prompts import icl_prompt, zero_shot_prompt
-from .report import write_report
-from .results import data_summary, make_results, rm_entry, w_key
-from .reward_models import METHODS, make_method, variant_name, variants
-from .token_models import TOKEN_METHODS, TokenPairFeatures, TokenSeq, make_token_method, token_rm_accuracy, token_variants
+from .reward_models import make_method, variant_name, variants
+from .run_args import check_args
+from .stages import Stage, StageCache
 from .tasks import canonical_task
+from .token_models import TokenPairFeatures, TokenSeq, make_token_method, token_variants
 
 log = logging.getLogger("rgd_eval")
-CHUNK = 64  # prompts per cached generation / feature chunk: the unit of resumption
-RULES = ("args", "token", "logratio", "bon-block")
 LOGRATIO_METHOD = "logratio-icl"
+MODEL_ARGS = ("model", "reward_model", "dtype", "chat")
+GEN_ARGS = MODEL_ARGS + ("max_new_tokens", "batch_size")
+TREE_CHUNK = 4      # pairs per cached candidate-tree chunk (a few seconds each on 2 cores)
+FEATURE_CHUNK = 32  # pairs per cached feature chunk
+
+STAGES = {s.name: s for s in (
+    Stage("paraphrases", GEN_ARGS, "LaMP-7: the policy's zero-shot paraphrase of each bare-text profile item "
+                                   "(the input of its pair)"),
+    Stage("negatives", GEN_ARGS, "rejected texts the policy writes (icl-other: conditioned on another user's "
+                                 "profile; policy: zero-shot)"),
+    Stage("features", MODEL_ARGS, "h(x o y): final-norm state at the last token, chosen and rejected", "torch"),
+    Stage("token-features", MODEL_ARGS, "prefix states of every response token (token-level heads)", "torch"),
+    Stage("trees", MODEL_ARGS + ("k",), "teacher-forced candidate trees of the query pairs (policy accuracy)",
+          "torch"),
+    Stage("generation", GEN_ARGS, "zero-shot and ICL greedy generation"),
+    Stage("generation-guided", GEN_ARGS + ("k",), "reward-guided generation (args, token, logratio)"),
+    Stage("generation-bon", GEN_ARGS, "blockwise best-of-N generation (its sampling settings in the inputs)"),
+)}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help="policy: 'demo', an HF model directory or a .gguf file")
-    p.add_argument("--reward-model", default=None, help="separate reward backbone (default: shared trunk)")
-    p.add_argument("--data", default=str(DEFAULT_LAMP_DIR), help="LaMP-format folder (default: shipped LaMP-4 subset)")
-    p.add_argument("--tasks", nargs="*", default=None, help="tasks to accept (e.g. LaMP-4); default: the data's task")
-    p.add_argument("--rules", nargs="*", default=list(RULES), choices=list(RULES),
-                   help="decoding rules to compare (default: all)")
-    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
-                   help="sequence-level RM methods (rules args and bon-block)")
-    p.add_argument("--token-methods", nargs="*", default=list(TOKEN_METHODS), choices=list(TOKEN_METHODS),
-                   help="token-level RM methods (rule token)")
-    p.add_argument("--bon-methods", nargs="*", default=["per-user"], choices=list(METHODS),
-                   help="sequence-level methods whose heads bon-block uses (each one of --methods)")
-    p.add_argument("--bon-samples", type=int, default=4, help="bon-block: samples N per block")
-    p.add_argument("--bon-block-size", type=int, default=8, help="bon-block: tokens M per block")
-    p.add_argument("--bon-temperature", type=float, default=0.7, help="bon-block: sampling temperature of pi")
-    p.add_argument("--weights", default="0,0.5,1,2,4", help="comma-separated reward weights w (policy accuracy)")
-    p.add_argument("--gen-weights", default="0.5,2",
-                   help="the weights w > 0 generation runs for every guided method (each one of --weights; "
-                        "generation is the expensive stage)")
-    p.add_argument("-k", type=int, default=10, help="candidates per step (top-k of the policy)")
-    p.add_argument("--limit", type=int, default=None, help="testing: keep the first N users of each split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--output-dir", default="runs/rgd-eval", help="run folder; rerunning resumes from its cache")
-    p.add_argument("--rejected", default="policy", choices=["policy", "other-user"],
-                   help="rejected response of a pair: the base policy's greedy output, or another user's output")
-    p.add_argument("--max-profile-pairs", type=int, default=12, help="newest profile items per user used as pairs")
-    p.add_argument("--min-profile-pairs", type=int, default=4)
-    p.add_argument("--icl-n", type=int, default=4, help="BM25-retrieved profile items in the ICL prompt")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for ROUGE CIs")
-    p.add_argument("--policy-acc-strict", action="store_true",
-                   help="policy accuracy: a gold token outside the top-k gives -inf (default: it joins C_t)")
-    p.add_argument("--policy-acc-reduce", default="mean", choices=["mean", "sum"],
-                   help="policy accuracy: S(y) is the mean (default) or the sum of log pi~(y_t)")
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
-    p.add_argument("--backend", default=None, help="kernel backend (default: $RGD_BACKEND or auto)")
+@dataclass(frozen=True)
+class Row:
+    id: str
+    prompt: str
+    user: str | None = None
+    cond: str | None = None  # the logratio rule's profile-conditioned prompt
 
 
-# ---- small helpers ----------------------------------------------------------------------------------------
+class Study:
+    """One run: its arguments, run folder, stage cache and (lazily) the engine."""
 
-def parse_weights(text: str) -> list[float]:
-    try:
-        ws = sorted({float(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise ValueError(f"--weights must be comma-separated numbers, got {text!r}") from None
-    if not ws or any(w < 0 for w in ws):
-        raise ValueError(f"--weights needs at least one non-negative weight, got {text!r}")
-    return ws
+    def __init__(self, args):
+        self.args = args
+        self.run_dir = Path(args.output_dir)
+        self.cache = StageCache(self.run_dir, args)
+        self._engine = None
+        self.timings: dict[str, float] = {}
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from rgd_engine import Engine, EngineConfig
+
+            a = self.args
+            self._engine = Engine.from_config(EngineConfig(model=a.model, reward_model=a.reward_model,
+                                                           device=a.device, dtype=a.dtype), backend=a.backend)
+        return self._engine
+
+    def timed(self, name: str, fn, *args, **kwargs):
+        t = time.time()
+        out = fn(*args, **kwargs)
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.time() - t, 2)
+        return out
+
+    def response_ids(self, text: str) -> list[int]:
+        """Tokens of a response as the decoder emits it after the answer cue (leading space)."""
+        return self.engine.tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"]
+
+    def generate(self, stage: str, rows: list[Row], desc: str, bank=None, weight: float = 0.0,
+                 heads: dict | None = None, **rule_cfg) -> dict[str, str]:
+        """rows -> {id: continuation}, cached per batch-sized chunk, batches sorted by prompt length.
+        heads: user -> head tensors (hashed into the key); rule_cfg: GenerationConfig fields (rule, k, ...)."""
+        a, st = self.args, STAGES[stage]
+        rows = sorted(rows, key=lambda r: (len(r.prompt), r.id))
+
+        def inputs_of(chunk):
+            return {"rule": rule_cfg, "w": weight,
+                    "rows": [[r.id, r.prompt, r.cond, r.user, heads.get(r.user) if heads and r.user else None]
+                             for r in chunk]}
+
+        def compute(chunk):
+            gens = self.engine.generate([r.prompt for r in chunk], users=[r.user for r in chunk], heads=bank,
+                                        chat=a.chat, max_new_tokens=a.max_new_tokens, stop=("\n",), weight=weight,
+                                        cond_prompts=[r.cond for r in chunk] if rule_cfg.get("rule") == "logratio"
+                                        else None, **rule_cfg)
+            return {r.id: g.text.strip() for r, g in zip(chunk, gens)}
+
+        out: dict[str, str] = {}
+        for part in self.cache.map_chunks(st, rows, a.batch_size, inputs_of, compute, desc):
+            out.update(part)
+        return out
 
 
-def data_fingerprint(root: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(root.glob("*.json")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+# ---- stages -------------------------------------------------------------------------------------------------
 
-
-def limit_users(ds: LaMPDataset, n: int | None) -> LaMPDataset:
-    if n is None:
+def load_data(args) -> LaMPDataset:
+    """The LaMP folder (train and test splits), its task checked, optionally a seeded subset of users."""
+    ds = load_lamp(args.data)
+    if args.tasks and ds.task not in {canonical_task(t) for t in args.tasks}:
+        raise DataError(f"data {args.data} is {ds.task}, not one of --tasks {args.tasks}")
+    missing = [s for s in ("train", "test") if s not in ds.splits]
+    if missing:
+        raise DataError(f"data {args.data} has no {' and no '.join(missing)} split (found: {sorted(ds.splits)}); "
+                        "a study needs train users (validation) and test users (evaluation)")
+    ds = LaMPDataset(task=ds.task, root=ds.root, splits={s: ds.splits[s] for s in ("train", "test")})
+    if args.users is None:
         return ds
     splits = {}
     for split, qs in ds.splits.items():
-        keep = sorted({q.user_id for q in qs})[:n]
+        users = sorted({q.user_id for q in qs})
+        keep = set(random.Random(f"{args.seed}/users/{split}").sample(users, min(args.users, len(users))))
         splits[split] = [q for q in qs if q.user_id in keep]
     return LaMPDataset(task=ds.task, root=ds.root, splits=splits)
 
 
-def response_ids(engine, text: str) -> list[int]:
-    """Tokens of a response as the decoder emits it after the answer cue (leading space)."""
-    return engine.tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"]
+def build_pairs(study: Study, ds: LaMPDataset) -> tuple[PrefLaMP, dict[str, str]]:
+    """Pref-LaMP pairs and the zero-shot prompt of every pair (its reward / policy input)."""
+    a = study.args
+    para = paraphrase_prompts(ds, a.max_profile_pairs)
+    paraphrases = study.generate("paraphrases", [Row(pid, p) for pid, p in para.items()], "paraphrases") if para \
+        else None
+    sources, dropped = pair_sources(ds, a.max_profile_pairs, paraphrases)
+    texts = neg_users = None
+    if a.rejected in GENERATED_SOURCES:
+        prompts = negative_prompts(ds, sources, a.rejected, a.icl_n, a.seed)
+        texts = study.generate("negatives", [Row(pid, p) for pid, (p, _) in prompts.items()], "negatives")
+        neg_users = {pid: v for pid, (_, v) in prompts.items()}
+    pref = build_pref_lamp(ds, sources, a.rejected, texts, neg_users, seed=a.seed,
+                           min_profile_pairs=a.min_profile_pairs, dropped_paraphrases=dropped)
+    for split in ("train", "test"):
+        if not pref.users(split):
+            raise DataError(f"split {split!r} of {a.data} has no usable user: every user has fewer than "
+                            f"--min-profile-pairs {a.min_profile_pairs} profile pairs or no query pair "
+                            f"(counts: {pref.stats[split]})")
+    return pref, {p.pair_id: zero_shot_prompt(ds.task, p.input) for p in pref.pairs}
 
 
-def chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield i // size, items[i:i + size]
+def compute_features(study: Study, pairs, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    """h(x o y_w), h(x o y_l) for every pair -> two [P, d] tensors."""
+    eng = study.engine
+
+    def compute(chunk):
+        x = [eng.encode(prompts[p.pair_id]) for p in chunk]
+        return {"chosen": eng.features(x, [study.response_ids(p.chosen) for p in chunk]),
+                "rejected": eng.features(x, [study.response_ids(p.rejected) for p in chunk])}
+
+    parts = study.cache.map_chunks(STAGES["features"], pairs, FEATURE_CHUNK, lambda c: _pair_inputs(c, prompts),
+                                   compute, "features")
+    return torch.cat([g["chosen"] for g in parts]), torch.cat([g["rejected"] for g in parts])
 
 
-def generate_texts(engine, run_dir, name: str, key: dict, rows: list[tuple[str, str, str | None]], gen_cfg,
-                   bank=None, chat=False, weight: float = 0.0, conds: dict[str, str] | None = None,
-                   **rule_cfg) -> dict[str, str]:
-    """rows: (id, prompt, user or None) -> {id: continuation}. Cached per chunk; batches sorted by length.
-    conds: id -> profile-conditioned prompt (rule logratio); rule_cfg: GenerationConfig fields (rule, ...)."""
-    rows = sorted(rows, key=lambda r: (len(r[1]), r[0]))
-    out: dict[str, str] = {}
-    bar = tqdm(total=len(rows), desc=name, unit="prompt", leave=False)
-    for c, chunk in chunks(rows, CHUNK):
-        def run_chunk(chunk=chunk):
-            texts = {}
-            for _, batch in chunks(chunk, gen_cfg["batch_size"]):
-                gens = engine.generate([p for _, p, _ in batch], users=[u for _, _, u in batch], heads=bank,
-                                       chat=chat, max_new_tokens=gen_cfg["max_new_tokens"], stop=("\n",),
-                                       k=gen_cfg["k"], weight=weight,
-                                       cond_prompts=[conds[i] for i, _, _ in batch] if conds else None, **rule_cfg)
-                texts.update({i: g.text.strip() for (i, _, _), g in zip(batch, gens)})
-            return texts
-        out.update(cached_stage(run_dir, f"{name}-{c}", {**key, **rule_cfg, "ids": [r[0] for r in chunk]}, run_chunk))
-        bar.update(len(chunk))
-    bar.close()
-    return out
-
-
-def versions() -> dict:
-    out = {}
-    for pkg in ("rgd-engine", "torch", "transformers", "rouge-score", "scipy", "numpy", "rank-bm25"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def git_hash() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-# ---- stages -----------------------------------------------------------------------------------------------
-
-def compute_features(engine, run_dir, key, pairs, prompts) -> tuple[torch.Tensor, torch.Tensor]:
-    """h(x o y_w), h(x o y_l) for every pair -> two [P, d] tensors (cached per chunk)."""
-    chosen, rejected = [], []
-    for c, chunk in tqdm(list(chunks(pairs, CHUNK)), desc="features", unit="chunk", leave=False):
-        def run_chunk(chunk=chunk):
-            x = [engine.encode(prompts[p.pair_id]) for p in chunk]
-            hw = engine.features(x, [response_ids(engine, p.chosen) for p in chunk])
-            hl = engine.features(x, [response_ids(engine, p.rejected) for p in chunk])
-            return {"chosen": hw, "rejected": hl}
-        got = cached_stage(run_dir, f"features-{c}", {**key, "ids": [p.pair_id for p in chunk]}, run_chunk,
-                           fmt="torch")
-        chosen.append(got["chosen"])
-        rejected.append(got["rejected"])
-    return torch.cat(chosen), torch.cat(rejected)
-
-
-def compute_token_features(engine, run_dir, key, pairs, prompts) -> dict[str, tuple[TokenSeq, TokenSeq]]:
-    """Token-level reward features of every pair: {pair_id: (chosen, rejected)} as TokenSeq(h = prefix states,
-    e = the reward backbone's output-embedding rows of the response tokens). States cached per chunk."""
+def compute_token_features(study: Study, pairs, prompts) -> dict[str, tuple[TokenSeq, TokenSeq]]:
+    """{pair_id: (chosen, rejected)} as TokenSeq(h = prefix states, e = the backbone's LM-head rows)."""
     from rgd_engine.features import prefix_states
 
-    emb = engine.backbone.lm_head_weight.detach().float().cpu()  # [V, d]
+    eng = study.engine
+    emb = eng.backbone.lm_head_weight.detach().float().cpu()  # [V, d]
+
+    def compute(chunk):
+        x = [eng.encode(prompts[p.pair_id]) for p in chunk]
+        ys = [study.response_ids(p.chosen) for p in chunk] + [study.response_ids(p.rejected) for p in chunk]
+        return {"h": prefix_states(eng.backbone, x + x, ys), "ids": [torch.tensor(y) for y in ys]}
+
     out = {}
-    for c, chunk in tqdm(list(chunks(pairs, CHUNK)), desc="token features", unit="chunk", leave=False):
-        def run_chunk(chunk=chunk):
-            x = [engine.encode(prompts[p.pair_id]) for p in chunk]
-            ys = [response_ids(engine, p.chosen) for p in chunk] + [response_ids(engine, p.rejected) for p in chunk]
-            return {"h": prefix_states(engine.backbone, x + x, ys), "ids": [torch.tensor(y) for y in ys]}
-        got = cached_stage(run_dir, f"token-features-{c}", {**key, "ids": [p.pair_id for p in chunk]}, run_chunk,
-                           fmt="torch")
+    parts = study.cache.map_chunks(STAGES["token-features"], pairs, FEATURE_CHUNK,
+                                   lambda c: _pair_inputs(c, prompts), compute, "token features")
+    for chunk, got in zip(_chunks(pairs, FEATURE_CHUNK), parts):
         n = len(chunk)
         for i, p in enumerate(chunk):
             out[p.pair_id] = tuple(TokenSeq(got["h"][j], emb[got["ids"][j]]) for j in (i, n + i))
     return out
 
 
-def compute_candidate_states(engine, run_dir, key, pairs, prompts, k, backend, cond_prompts=None):
-    """One teacher-forced candidate tree per (pair, chosen|rejected) -> {pair_id: (cs_chosen, cs_rejected)}.
-    cond_prompts: pair_id -> profile-conditioned prompt (adds log pi_u at the candidates, rule logratio)."""
+def _pair_inputs(chunk, prompts, conds=None) -> dict:
+    return {"pairs": [[p.pair_id, prompts[p.pair_id], p.chosen, p.rejected] +
+                      ([conds[p.pair_id]] if conds else []) for p in chunk]}
+
+
+def _chunks(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def compute_trees(study: Study, pairs, prompts, conds: dict[str, str] | None):
+    """One teacher-forced candidate tree per (pair, chosen | rejected) -> {pair_id: (cs_chosen, cs_rejected)}.
+    conds: pair_id -> profile-conditioned prompt (adds log pi_u at the candidates, rule logratio)."""
     from rgd_engine.policy_accuracy import CandidateStates, candidate_states
 
+    eng, a = study.engine, study.args
     fields = ("logprob", "states", "gold_index", "ids", "prefix", "cond_logprob")
-    out = {}
-    for c, chunk in tqdm(list(chunks(pairs, 16)), desc="policy trees", unit="chunk", leave=False):
-        def run_chunk(chunk=chunk):
-            res = {}
-            for p in chunk:
-                x = engine.encode(prompts[p.pair_id])
-                cond = engine.encode(cond_prompts[p.pair_id]) if cond_prompts else None
-                for side, text in (("chosen", p.chosen), ("rejected", p.rejected)):
-                    cs = candidate_states(engine.policy, engine.backbone, x, response_ids(engine, text), k, backend,
-                                          cond_prompt_ids=cond)
-                    res[f"{p.pair_id}|{side}"] = {f: getattr(cs, f) for f in fields if getattr(cs, f) is not None}
-            return res
-        got = cached_stage(run_dir, f"trees-{c}", {**key, "k": k, "ids": [p.pair_id for p in chunk],
-                                                   "cond": [cond_prompts[p.pair_id] for p in chunk] if cond_prompts else None},
-                           run_chunk, fmt="torch")
+
+    def compute(chunk):
+        res = {}
         for p in chunk:
-            out[p.pair_id] = tuple(CandidateStates(**{f: got[f"{p.pair_id}|{s}"].get(f) for f in fields})
-                                   for s in ("chosen", "rejected"))
+            x = eng.encode(prompts[p.pair_id])
+            cond = eng.encode(conds[p.pair_id]) if conds else None
+            for side, text in (("chosen", p.chosen), ("rejected", p.rejected)):
+                cs = candidate_states(eng.policy, eng.backbone, x, study.response_ids(text), a.k, a.backend,
+                                      cond_prompt_ids=cond)
+                res[f"{p.pair_id}|{side}"] = {f: getattr(cs, f) for f in fields if getattr(cs, f) is not None}
+        return res
+
+    out = {}
+    parts = study.cache.map_chunks(STAGES["trees"], pairs, TREE_CHUNK, lambda c: _pair_inputs(c, prompts, conds),
+                                   compute, "candidate trees")
+    for got in parts:
+        for key, rec in got.items():
+            pid, side = key.rsplit("|", 1)
+            out.setdefault(pid, {})[side] = CandidateStates(**{f: rec.get(f) for f in fields})
+    return {pid: (d["chosen"], d["rejected"]) for pid, d in out.items()}
+
+
+def fit_reward_models(args, pref: PrefLaMP, feats, tok_feats) -> dict[tuple[str, str], dict]:
+    """Every (method, variant): {rule, hparams, train: heads of train users, test: heads of test users}."""
+    from tqdm import tqdm
+
+    out = {}
+    if {"args", "bon-block"} & set(args.rules):
+        prof = {s: feats(s, "profile") for s in ("train", "test")}
+        for name in tqdm(args.methods, desc="reward models", unit="method", leave=False):
+            for hp in variants(name):
+                m = make_method(name, hp).fit(prof["train"], seed=args.seed)
+                out[name, variant_name(hp)] = {"rule": "args", "hparams": hp, "train": m.heads_for(prof["train"]),
+                                               "test": m.heads_for(prof["test"])}
+    if "token" in args.rules:
+        prof = {s: tok_feats(s, "profile") for s in ("train", "test")}
+        for name in tqdm(args.token_methods, desc="token reward models", unit="method", leave=False):
+            for hp in token_variants(name):
+                m = make_token_method(name, hp).fit(prof["train"], seed=args.seed)
+                out[name, variant_name(hp)] = {"rule": "token", "hparams": hp, "train": m.heads_for(prof["train"]),
+                                               "test": m.heads_for(prof["test"])}
     return out
-
-
-def policy_accuracies(trees, pairs, cfgs: list[str], score_fn, weights: list[float]) -> dict[str, dict]:
-    """Policy accuracy of every configuration at every w. score_fn(cs, user) -> S(y) [len(cfgs), Nw]."""
-    from rgd_engine.policy_accuracy import pair_accuracy
-
-    s_w, s_l = [], []
-    for p in pairs:
-        cw, cl = trees[p.pair_id]
-        s_w.append(score_fn(cw, p.user_id))  # [C, Nw]
-        s_l.append(score_fn(cl, p.user_id))
-    acc = pair_accuracy(torch.stack(s_w), torch.stack(s_l))  # accuracy [C, Nw]
-    return {c: {w: float(acc["accuracy"][i, j]) for j, w in enumerate(weights)} for i, c in enumerate(cfgs)}
-
-
-def sequence_score_fn(heads_by_cfg: dict[str, dict], wt, strict, reduce):
-    """args rule: heads_by_cfg cfg -> {user: (w, b)}."""
-    from rgd_engine.policy_accuracy import sequence_scores
-
-    cfgs = list(heads_by_cfg)
-
-    def fn(cs, user):
-        W = torch.stack([heads_by_cfg[c][user][0].float() for c in cfgs])  # [C, d]
-        b = torch.tensor([float(heads_by_cfg[c][user][1]) for c in cfgs])  # [C]
-        return sequence_scores(cs, W, b, wt, strict=strict, reduce=reduce)
-    return fn
-
-
-def token_score_fn(heads_by_cfg: dict[str, dict], emb, wt, strict, reduce):
-    """token rule: heads_by_cfg cfg -> {user: (P [r, d], Q [r, d])}; ranks may differ between configurations."""
-    from rgd_engine.policy_accuracy import token_sequence_scores
-
-    def fn(cs, user):
-        return torch.cat([token_sequence_scores(cs, emb, heads[user][0][None], heads[user][1][None], wt,
-                                                strict=strict, reduce=reduce) for heads in heads_by_cfg.values()])
-    return fn
-
-
-def logratio_rm_accuracy(trees, pairs) -> dict:
-    """RM accuracy of the logratio reward R_u(y) = sum_t log pi(y_t | c_u o x o y<t) - log pi(y_t | x o y<t)."""
-    rewards: dict[str, tuple[list, list]] = {}
-    for p in pairs:
-        r = [float((cs.cond_logprob[:, -1].double() - cs.logprob[:, -1].double()).sum()) for cs in trees[p.pair_id]]
-        rewards.setdefault(p.user_id, ([], []))
-        rewards[p.user_id][0].append(r[0])
-        rewards[p.user_id][1].append(r[1])
-    return accuracy_from_rewards(rewards)
 
 
 def token_features_by_user(pairs, feats: dict) -> dict[str, TokenPairFeatures]:
@@ -296,233 +276,202 @@ def token_features_by_user(pairs, feats: dict) -> dict[str, TokenPairFeatures]:
     return {u: TokenPairFeatures(c, r) for u, (c, r) in by_user.items()}
 
 
-def run(args) -> int:
-    from rgd_engine import Engine, EngineConfig, HeadBank
-    from rgd_engine.kernels import requested_backend, resolve_backend
+# ---- candidate rewards, scales and policy accuracy ------------------------------------------------------------
 
+def candidate_rewards(cfg: dict, cs, user: str, split: str, emb) -> torch.Tensor:
+    """r_t(v) of one configuration at every candidate of a tree -> [T, k+1] float64 (raw, unscaled)."""
+    if cfg["rule"] == "args":
+        w, b = cfg[split][user]
+        return cs.states.double() @ w.double() + float(b)
+    if cfg["rule"] == "token":
+        P, Q = (x.double() for x in cfg[split][user])
+        q = (cs.prefix.double() @ Q.t()) @ P  # [T, d]: A_u h_t = P^T Q h_t
+        return torch.einsum("tcd,td->tc", emb.double()[cs.ids], q)
+    return cs.cond_logprob.double() - cs.logprob.double()  # logratio
+
+
+CONSTANT_REWARD_SD = 1e-6  # below this a reward does not separate candidates: it is treated as 0
+
+
+def reward_scale(cfg: dict, trees, pairs, emb) -> float | None:
+    """Standard deviation of a configuration's reward over every candidate of the train users' query pairs;
+    None for a (numerically) constant reward, e.g. a head the L2 penalty shrank to zero: it guides nothing,
+    and dividing by its tiny sd would only amplify rounding noise."""
+    r = torch.cat([candidate_rewards(cfg, cs, p.user_id, "train", emb).flatten()
+                   for p in pairs for cs in trees[p.pair_id]])
+    sd = float(r.std())
+    return sd if sd > CONSTANT_REWARD_SD else None
+
+
+def scaled_weight(w: float, scale: float | None) -> float:
+    """The weight on the raw reward that is w on the standardised one (0 for a constant reward)."""
+    return w / scale if scale else 0.0
+
+
+def policy_correct(cfg: dict, trees, pairs, split: str, scale: float, weights: list[float], emb, args):
+    """Per-pair policy correctness of one configuration at every w -> correct [N, Nw] bool, ties [N, Nw]."""
+    from rgd_engine.policy_accuracy import rule_scores
+
+    wt = torch.tensor([scaled_weight(w, scale) for w in weights], dtype=torch.float64)
+    s = []
+    for p in pairs:
+        s.append(torch.stack([rule_scores(cs, candidate_rewards(cfg, cs, p.user_id, split, emb)[..., None], wt,
+                                          strict=args.policy_acc_strict, reduce=args.policy_acc_reduce)[0]
+                              for cs in trees[p.pair_id]]))  # [2, Nw]
+    s = torch.stack(s)  # [N, 2, Nw]
+    return s[:, 0] > s[:, 1], s[:, 0] == s[:, 1]
+
+
+def per_user_counts(pairs, correct: torch.Tensor) -> dict[str, dict]:
+    """correct [N] bool over pairs -> {user: {correct, n}}."""
+    out: dict[str, dict] = {}
+    for p, c in zip(pairs, correct.tolist()):
+        d = out.setdefault(p.user_id, {"correct": 0, "n": 0})
+        d["correct"] += int(c)
+        d["n"] += 1
+    return out
+
+
+def logratio_rm_accuracy(trees, pairs) -> dict:
+    """RM accuracy of R_u(y) = sum_t log pi(y_t | c_u o x o y<t) - log pi(y_t | x o y<t)."""
+    rewards: dict[str, tuple[list, list]] = {}
+    for p in pairs:
+        r = [float((cs.cond_logprob[:, -1].double() - cs.logprob[:, -1].double()).sum()) for cs in trees[p.pair_id]]
+        rewards.setdefault(p.user_id, ([], []))
+        rewards[p.user_id][0].append(r[0])
+        rewards[p.user_id][1].append(r[1])
+    return accuracy_from_rewards(rewards)
+
+
+def evaluate_configs(study: Study, pref: PrefLaMP, fitted: dict, seq_feats, tok_feats, trees, emb) -> dict:
+    """RM accuracy (validation and test), reward scale, policy accuracy per w (train and test) and the
+    validated w of every configuration; the validated variant of every method."""
+    a = study.args
+    weights = a.weights_list
+    q = {s: pref.select(s, "query") for s in ("train", "test")}
+    configs, validation = {}, {}
+    for (name, vname), f in fitted.items():
+        feats_of = seq_feats if f["rule"] == "args" else tok_feats
+        acc_fn = rm_accuracy if f["rule"] == "args" else token_rm_accuracy
+        validation[name, vname] = acc_fn(f["train"], feats_of("train", "query"))
+        if f["rule"] == "args" and "args" not in a.rules:
+            continue  # fitted for bon-block's heads only: no policy accuracy to report
+        configs[f"{name}/{vname}"] = {**f, "name": name, "variant": vname, "rm_validation": validation[name, vname],
+                                      "rm_test": acc_fn(f["test"], feats_of("test", "query"))}
+    if "logratio" in a.rules:
+        vname = f"icl_n={a.icl_n}"
+        validation[LOGRATIO_METHOD, vname] = logratio_rm_accuracy(trees, q["train"])
+        configs[f"{LOGRATIO_METHOD}/{vname}"] = {
+            "rule": "logratio", "name": LOGRATIO_METHOD, "variant": vname, "hparams": {"icl_n": a.icl_n},
+            "rm_validation": validation[LOGRATIO_METHOD, vname], "rm_test": logratio_rm_accuracy(trees, q["test"])}
+    for cfg in configs.values():
+        cfg["scale"] = reward_scale(cfg, trees, q["train"], emb)
+        for split in ("train", "test"):
+            correct, ties = policy_correct(cfg, trees, q[split], split, cfg["scale"], weights, emb, a)
+            cfg[f"policy_{split}"] = {"correct": correct, "ties": ties,
+                                      "per_user": [per_user_counts(q[split], correct[:, j]) for j in range(len(weights))]}
+        val = cfg["policy_train"]["correct"].double().mean(0)  # [Nw]
+        guided = [j for j, w in enumerate(weights) if w > 0]
+        cfg["validated_w"] = weights[max(guided, key=lambda j: (float(val[j]), -weights[j]))]
+    selected: dict[str, str] = {}
+    for (name, vname), acc in validation.items():  # first variant wins ties (the grid's order)
+        best = selected.get(name)
+        if best is None or acc["overall"]["accuracy"] > validation[name, best]["overall"]["accuracy"]:
+            selected[name] = vname
+    return {"configs": configs, "selected": selected}
+
+
+# ---- generation -----------------------------------------------------------------------------------------------
+
+def generation_systems(study: Study, ds: LaMPDataset, pref: PrefLaMP, fitted: dict, evals: dict) -> dict:
+    """-> {system: {"predictions": {id: text}, "prompts": {id: prompt}}} for the test users' queries."""
+    a, eng = study.args, study.engine
+    test_users = pref.users("test")
+    queries = [q for u in test_users for q in ds.users("test")[u]]
+    profiles = {u: ds.profile("test", u) for u in test_users}
+    zs = {q.id: zero_shot_prompt(ds.task, q.input) for q in queries}
+    icl = {q.id: icl_prompt(ds.task, q.input, profiles[q.user_id], n=a.icl_n) for q in queries}
+    systems = {"zero-shot": (study.generate("generation", [Row(i, p) for i, p in zs.items()], "zero-shot"), zs),
+               "icl": (study.generate("generation", [Row(i, p) for i, p in icl.items()], "icl"), icl)}
+    user_rows = [Row(q.id, zs[q.id], q.user_id, icl[q.id]) for q in queries]
+    configs, selected = evals["configs"], evals["selected"]
+    bank_dir = study.run_dir / "heads"
+    for name, vname in selected.items():
+        f = fitted.get((name, vname))
+        cfg = configs.get(f"{name}/{vname}")
+        bank = None
+        if f is not None:
+            heads = f["test"]
+            if f["rule"] == "args":
+                bank = eng.new_bank(capacity=max(1, len(test_users)))
+                for u in test_users:
+                    bank.add(u, heads[u][0].float(), float(heads[u][1]))
+            else:
+                bank = eng.new_token_bank(rank=next(iter(heads.values()))[0].shape[0], capacity=max(1, len(test_users)))
+                for u in test_users:
+                    bank.add(u, *heads[u])
+            bank.save(bank_dir / f"{name}.safetensors")
+        if "bon-block" in a.rules and name in a.bon_methods:
+            systems[f"bon-block/{name}"] = (study.generate(
+                "generation-bon", user_rows, f"bon-block/{name}", bank=bank, heads=f["test"], rule="bon-block",
+                n_samples=a.bon_samples, block_size=a.bon_block_size, temperature=a.bon_temperature, seed=a.seed), zs)
+        if cfg is None:
+            continue  # bon-block only
+        for w in (a.gen_weights_list or [cfg["validated_w"]]):
+            system = f"rgd/{name}/w={w:g}"
+            systems[system] = (study.generate(
+                "generation-guided", user_rows, system, bank=bank, weight=scaled_weight(w, cfg["scale"]),
+                heads=f["test"] if f else None, rule=cfg["rule"], k=a.k), zs)
+    return {s: {"predictions": p, "prompts": pr} for s, (p, pr) in systems.items()}
+
+
+# ---- the run ----------------------------------------------------------------------------------------------------
+
+def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     t0 = time.time()
-    run_dir = Path(args.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    weights = parse_weights(args.weights)
-    gen_weights = [w for w in parse_weights(args.gen_weights) if w != 0]  # w = 0 is the zero-shot system
-    if not set(gen_weights) <= set(weights):
-        raise SystemExit(f"rgd-eval: --gen-weights {gen_weights} must be among --weights {weights}")
-    rules = list(dict.fromkeys(args.rules))
-    if not rules:
-        raise SystemExit("rgd-eval: --rules needs at least one rule")
-    if "bon-block" in rules and not set(args.bon_methods) <= set(args.methods):
-        raise SystemExit(f"rgd-eval: --bon-methods {args.bon_methods} must be among --methods {args.methods}")
+    check_args(args)
     torch.manual_seed(args.seed)
-
-    ds = limit_users(load_lamp(args.data), args.limit)
-    if args.tasks and ds.task not in {canonical_task(t) for t in args.tasks}:
-        raise SystemExit(f"rgd-eval: data {args.data} is {ds.task}, not one of --tasks {args.tasks}")
-    task = ds.task
-    engine = Engine.from_config(EngineConfig(model=args.model, reward_model=args.reward_model, device=args.device,
-                                             dtype=args.dtype), backend=args.backend)
-    backend = resolve_backend(args.backend or requested_backend(), engine.policy.device.type)
-    base_key = {"data": data_fingerprint(Path(args.data)), "limit": args.limit, "model": args.model,
-                "reward_model": args.reward_model, "dtype": args.dtype, "chat": args.chat}
-    gen_cfg = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "k": args.k}
-
-    # 1. Pref-LaMP: rejected = the base policy's greedy output for the same input
-    inputs = generation_inputs(ds, args.max_profile_pairs)
-    prompts = {pid: zero_shot_prompt(task, text) for pid, text in inputs.items()}
-    policy_outputs = None
-    if args.rejected == "policy":
-        policy_outputs = generate_texts(engine, run_dir, "policy-outputs", {**base_key, **gen_cfg},
-                                        [(pid, prompts[pid], None) for pid in sorted(prompts)], gen_cfg,
-                                        chat=args.chat)
-    pref = build_pref_lamp(ds, args.rejected, policy_outputs, seed=args.seed,
-                           min_profile_pairs=args.min_profile_pairs, max_profile_pairs=args.max_profile_pairs)
-
-    # 2. reward features of every pair, grouped by split / kind / user
-    feat_key = {**base_key, "rejected": args.rejected, "seed": args.seed, "gen": gen_cfg}
-    hw, hl = compute_features(engine, run_dir, feat_key, pref.pairs, prompts)
+    study = Study(args)
+    ds = study.timed("data", load_data, args)
+    pref, prompts = study.timed("pairs", build_pairs, study, ds)
     row = {p.pair_id: i for i, p in enumerate(pref.pairs)}
+    hw, hl = study.timed("features", compute_features, study, pref.pairs, prompts)
 
-    def feats(split, kind):
+    def seq_feats(split, kind):
         sel = pref.select(split, kind)
         idx = torch.tensor([row[p.pair_id] for p in sel], dtype=torch.long)
         return features_by_user(sel, hw[idx], hl[idx])
 
-    train_prof, train_query = feats("train", "profile"), feats("train", "query")
-    test_prof, test_query = feats("test", "profile"), feats("test", "query")
+    tok = study.timed("token features", compute_token_features, study, pref.pairs, prompts) \
+        if "token" in args.rules else {}
 
-    # 3. every method x variant: heads for train users (validation) and test users (evaluation)
-    seq_methods = args.methods if {"args", "bon-block"} & set(rules) else []
-    fitted = {}
-    for name in tqdm(seq_methods, desc="reward models", unit="method", leave=False):
-        for hp in variants(name):
-            m = make_method(name, hp).fit(train_prof, seed=args.seed)
-            fitted[(name, variant_name(hp))] = (hp, m.heads_for(train_prof), m.heads_for(test_prof))
-    tok_fitted, tok = {}, {}
-    if "token" in rules:
-        tf = compute_token_features(engine, run_dir, feat_key, pref.pairs, prompts)
-        tok = {(split, kind): token_features_by_user(pref.select(split, kind), tf)
-               for split in ("train", "test") for kind in ("profile", "query")}
-        for name in tqdm(args.token_methods, desc="token reward models", unit="method", leave=False):
-            for hp in token_variants(name):
-                m = make_token_method(name, hp).fit(tok["train", "profile"], seed=args.seed)
-                tok_fitted[(name, variant_name(hp))] = (hp, m.heads_for(tok["train", "profile"]),
-                                                        m.heads_for(tok["test", "profile"]))
+    def tok_feats(split, kind):
+        return token_features_by_user(pref.select(split, kind), tok)
 
-    # 4. policy accuracy on the test users' query pairs, all configurations from one tree per response
-    test_pairs = pref.select("test", "query")
-    test_users = sorted(ds.users("test"))
-    profiles = {u: ds.profile("test", u) for u in test_users}
-    pair_conds = ({p.pair_id: icl_prompt(task, inputs[p.pair_id], profiles[p.user_id], n=args.icl_n) for p in test_pairs}
-                  if "logratio" in rules else None)
-    trees = compute_candidate_states(engine, run_dir, feat_key, test_pairs, prompts, args.k, args.backend, pair_conds)
-    wt = torch.tensor(weights, dtype=torch.float64)
-    strict, reduce = args.policy_acc_strict, args.policy_acc_reduce
-    pol = {}
-    if "args" in rules:
-        cfg_heads = {f"{n}/{v}": heads_test for (n, v), (_, _, heads_test) in fitted.items()}
-        pol.update(policy_accuracies(trees, test_pairs, list(cfg_heads), sequence_score_fn(cfg_heads, wt, strict, reduce),
-                                     weights))
-    if "token" in rules:
-        cfg_heads = {f"{n}/{v}": heads_test for (n, v), (_, _, heads_test) in tok_fitted.items()}
-        emb = engine.backbone.lm_head_weight.detach().float().cpu()
-        pol.update(policy_accuracies(trees, test_pairs, list(cfg_heads),
-                                     token_score_fn(cfg_heads, emb, wt, strict, reduce), weights))
+    fitted = study.timed("reward models", fit_reward_models, args, pref, seq_feats, tok_feats)
+    query_pairs = pref.select(kind="query")
+    conds = None
+    if "logratio" in args.rules:
+        conds = {p.pair_id: icl_prompt(ds.task, p.input, ds.profile(p.split, p.user_id), n=args.icl_n)
+                 for p in query_pairs}
+    trees = study.timed("trees", compute_trees, study, query_pairs, prompts, conds)
+    emb = study.engine.backbone.lm_head_weight.detach().float().cpu()
+    evals = study.timed("policy accuracy", evaluate_configs, study, pref, fitted, seq_feats, tok_feats, trees, emb)
+    systems = study.timed("generation", generation_systems, study, ds, pref, fitted, evals)
+    users_of = {q.id: q.user_id for q in ds.splits["test"]}
+    golds = {q.id: q.gold for q in ds.splits["test"] if q.id in systems["zero-shot"]["predictions"]}
+    scores = {s: score_generation(v["predictions"], golds, users_of, n_boot=args.n_boot, seed=args.seed)
+              for s, v in systems.items()}
+    from rgd_engine.kernels import requested_backend, resolve_backend
 
-    reward_models: dict[str, dict] = {}
-    selected: dict[str, str] = {}
-    rows = [("args", n, v, hp, tr, te, rm_accuracy) for (n, v), (hp, tr, te) in fitted.items()] + \
-        [("token", n, v, hp, tr, te, token_rm_accuracy) for (n, v), (hp, tr, te) in tok_fitted.items()]
-    for rule, name, vname, hp, heads_train, heads_test, acc_fn in rows:
-        feats_test = test_query if rule == "args" else tok["test", "query"]
-        feats_val = train_query if rule == "args" else tok["train", "query"]
-        test_acc = acc_fn(heads_test, feats_test)
-        entry = rm_entry(hp, test_acc, pol.get(f"{name}/{vname}", {}))
-        entry["rule"] = rule
-        entry["rm_accuracy_validation"] = acc_fn(heads_train, feats_val)["overall"]["accuracy"]
-        entry["rm_accuracy_per_user"] = test_acc["per_user"]
-        reward_models.setdefault(name, {})[vname] = entry
-        best = selected.get(name)
-        if best is None or entry["rm_accuracy_validation"] > reward_models[name][best]["rm_accuracy_validation"]:
-            selected[name] = vname
-    if "logratio" in rules:
-        from rgd_engine.policy_accuracy import logratio_sequence_scores
-
-        lr_acc = logratio_rm_accuracy(trees, test_pairs)
-        lr_pol = policy_accuracies(trees, test_pairs, [LOGRATIO_METHOD],
-                                   lambda cs, _: logratio_sequence_scores(cs, wt, strict=strict, reduce=reduce), weights)
-        vname = f"icl_n={args.icl_n}"
-        entry = rm_entry({"icl_n": args.icl_n}, lr_acc, lr_pol[LOGRATIO_METHOD])
-        entry.update(rule="logratio", rm_accuracy_validation=None, rm_accuracy_per_user=lr_acc["per_user"])
-        reward_models[LOGRATIO_METHOD] = {vname: entry}
-        selected[LOGRATIO_METHOD] = vname
-    for name in seq_methods if "args" not in rules else []:
-        del reward_models[name]  # fitted for bon-block's heads only: it has no policy accuracy to report
-
-    # 5. generation on the test users' queries
-    queries = [q for u in test_users for q in ds.users("test")[u]]
-    golds = {q.id: q.gold for q in queries}
-    predictions: dict[str, dict[str, str]] = {}
-    prompts_by_system: dict[str, dict[str, str]] = {}
-    zs = {q.id: zero_shot_prompt(task, q.input) for q in queries}
-    icl = {q.id: icl_prompt(task, q.input, profiles[q.user_id], n=args.icl_n) for q in queries}
-    gen_key = {**feat_key, "icl_n": args.icl_n}
-    predictions["zero-shot"] = generate_texts(engine, run_dir, "gen-zero-shot", gen_key,
-                                              [(q.id, zs[q.id], None) for q in queries], gen_cfg, chat=args.chat)
-    predictions["icl"] = generate_texts(engine, run_dir, "gen-icl", gen_key,
-                                        [(q.id, icl[q.id], None) for q in queries], gen_cfg, chat=args.chat)
-    prompts_by_system["zero-shot"], prompts_by_system["icl"] = zs, icl
-    user_rows = [(q.id, zs[q.id], q.user_id) for q in queries]
-    guided: list[tuple[str, object, dict]] = []  # (method, bank, rule config) per guided method
-    for name in seq_methods:
-        heads_test = fitted[(name, selected[name])][2]
-        bank = engine.new_bank(capacity=max(1, len(test_users)))
-        for u in test_users:
-            w_u, b_u = heads_test[u]
-            bank.add(u, w_u.float(), float(b_u))
-        bank.save(run_dir / "heads" / f"{name}.safetensors")
-        if "args" in rules:
-            guided.append((name, bank, {"rule": "args"}))
-        if "bon-block" in rules and name in args.bon_methods:
-            system = f"bon-block/{name}"
-            predictions[system] = generate_texts(
-                engine, run_dir, f"gen-bon-{name}", {**gen_key, "variant": selected[name]},
-                user_rows, gen_cfg, bank=bank, chat=args.chat, rule="bon-block", n_samples=args.bon_samples,
-                block_size=args.bon_block_size, temperature=args.bon_temperature, seed=args.seed)
-            prompts_by_system[system] = zs
-    for name in args.token_methods if "token" in rules else []:
-        heads_test = tok_fitted[(name, selected[name])][2]
-        rank = next(iter(heads_test.values()))[0].shape[0]
-        bank = engine.new_token_bank(rank=rank, capacity=max(1, len(test_users)))
-        for u in test_users:
-            bank.add(u, *heads_test[u])
-        bank.save(run_dir / "heads" / f"{name}.safetensors")
-        guided.append((name, bank, {"rule": "token"}))
-    if "logratio" in rules:
-        guided.append((LOGRATIO_METHOD, None, {"rule": "logratio"}))
-    for name, bank, rule_cfg in guided:
-        for w in gen_weights:
-            system = f"rgd/{name}/w={w_key(w)}"
-            predictions[system] = generate_texts(
-                engine, run_dir, f"gen-rgd-{name}-{w_key(w)}", {**gen_key, "variant": selected[name], "w": w},
-                user_rows, gen_cfg, bank=bank, chat=args.chat, weight=w,
-                conds=icl if rule_cfg["rule"] == "logratio" else None, **rule_cfg)
-            prompts_by_system[system] = zs
-
-    # 6. scores, correlations, outputs
-    generation = {s: score_generation(p, golds, n_boot=args.n_boot, seed=args.seed) for s, p in predictions.items()}
-    config = {**{k: v for k, v in vars(args).items() if k != "func"}, "weights": weights, "gen_weights": gen_weights,
-              "backend": backend, "selected_variants": selected,
-              "versions": versions(), "git": git_hash(), "python": platform.python_version(),
-              "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
-              "policy_accuracy_definition": "DESIGN.md: mean_t log softmax over C_t = top-k U {y_t} of "
-                                            "log pi + w r_t(v); correct iff S(chosen) > S(rejected), ties wrong; "
-                                            "r_t(v) per rule: args W_u.h(x o y<t o v) + b_u, token e_v.(P_u^T Q_u h_t), "
-                                            "logratio log pi(v|ICL prompt o y<t) - log pi(v|x o y<t)",
-              "rm_features": "args: final-norm hidden state at the last token of prompt + ' ' + response; token: "
-                             "the states of every response prefix and the LM-head rows of the response tokens",
-              "elapsed_s": None}
-    data = data_summary(ds, pref, _build_stats(Path(args.data)))
-    results = make_results(config, data, reward_models, generation)
-    results["kendall"]["rouge1"] = rouge_kendall(results, selected)
+    backend = resolve_backend(args.backend or requested_backend(), study.engine.policy.device.type)
+    n_params = sum(p.numel() for p in study.engine.policy.hf_model.parameters())
+    results = study.timed("analysis", analyse, args, ds, pref, evals, scores, n_params, backend)
+    results["config"]["stage_seconds"] = study.timings
+    results["config"]["cache"] = {"computed": study.cache.computed, "reused": study.cache.reused}
     results["config"]["elapsed_s"] = round(time.time() - t0, 1)
-    write_json(run_dir / "results.json", results)
-    write_text(run_dir / "samples.jsonl", "".join(
-        json.dumps({"system": s, "id": i, "user": q_user, "prompt": prompts_by_system[s][i], "prediction": p[i],
-                    "gold": golds[i], **generation[s]["per_example"][i]}) + "\n"
-        for s, p in predictions.items() for i, q_user in ((q.id, q.user_id) for q in queries)))
-    write_text(run_dir / "pairs.jsonl", "".join(
-        json.dumps({"pair_id": p.pair_id, "user": p.user_id, "split": p.split, "kind": p.kind,
-                    "prompt": prompts[p.pair_id], "chosen": p.chosen, "rejected": p.rejected,
-                    **({"cond_prompt": pair_conds[p.pair_id]} if pair_conds and p.pair_id in pair_conds else {})})
-        + "\n"
-        for p in pref.pairs))
-    lamp_task = task.replace("-", "_")
-    for s, p in predictions.items():
-        write_json(run_dir / "predictions" / (s.replace("/", "_") + ".json"),
-                   {"task": lamp_task, "golds": [{"id": i, "output": p[i]} for i in sorted(p)]})
-    for path in write_report(results, run_dir):
+    for path in write_outputs(study.run_dir, results, pref, prompts, systems, golds, users_of, conds, scores):
         print(f"wrote {path}")
-    print(f"rgd-eval: done in {results['config']['elapsed_s']} s -> {run_dir / 'results.json'}")
+    print(f"rgd-eval: done in {results['config']['elapsed_s']} s -> {study.run_dir / 'results.json'}")
     return 0
-
-
-def _build_stats(root: Path) -> dict | None:
-    f = root / "build_stats.json"
-    return json.loads(f.read_text()) if f.is_file() else None
-
-
-def rouge_kendall(results: dict, selected: dict[str, str]) -> dict:
-    """Kendall tau-b of ROUGE-1 vs RM accuracy and vs policy accuracy across RGD systems (method, w)."""
-    rm, pol, r1 = [], [], []
-    for system, g in results["generation"].items():
-        if not system.startswith("rgd/"):
-            continue
-        _, method, wpart = system.split("/")
-        e = results["reward_models"][method][selected[method]]
-        rm.append(e["rm_accuracy"])
-        pol.append(e["policy_accuracy"][wpart.split("=")[1]])
-        r1.append(g["rouge1"]["mean"])
-    if len(r1) < 2:
-        return {"what": "fewer than 2 RGD systems", "n": len(r1)}
-    return {"what": "one point per RGD system (method with its validation-selected variant, w > 0)",
-            "rm_accuracy_vs_rouge1": kendall_tau(rm, r1), "policy_accuracy_vs_rouge1": kendall_tau(pol, r1)}

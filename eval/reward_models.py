@@ -11,27 +11,11 @@ dimensions); heads are mapped back to the raw feature space.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-Head = tuple[torch.Tensor, float]  # (w [d] float32, b)
-
-
-@dataclass(frozen=True)
-class PairFeatures:
-    chosen: torch.Tensor    # [n, d]
-    rejected: torch.Tensor  # [n, d]
-
-    def __post_init__(self):
-        if self.chosen.shape != self.rejected.shape or self.chosen.ndim != 2 or self.chosen.shape[0] == 0:
-            raise ValueError(f"PairFeatures needs two equal non-empty [n, d] tensors, got "
-                             f"{tuple(self.chosen.shape)} and {tuple(self.rejected.shape)}")
-
-    def diff(self) -> torch.Tensor:  # [n, d] float64
-        return self.chosen.double() - self.rejected.double()
-
+from .features import Head, PairFeatures
 
 def _stack(users: dict[str, PairFeatures]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Sorted user ids, all differences D [P, d] (float64), owning user index per row [P]."""

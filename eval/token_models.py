@@ -23,12 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .metrics import _counts
 from .reward_models import _bt_loss, _lbfgs, _one_thread, variant_name
 
 __all__ = ["TokenSeq", "TokenPairFeatures", "TokenHead", "sequence_reward", "sequence_rewards", "TokenGlobal",
-           "TokenPerUser", "TOKEN_METHODS", "token_variants", "variant_name", "make_token_method",
-           "token_rm_accuracy"]
+           "TokenPerUser", "TOKEN_METHODS", "token_variants", "variant_name", "make_token_method"]
 
 TokenHead = tuple[torch.Tensor, torch.Tensor]  # (P [r, d] float32, Q [r, d] float32), raw feature space
 
@@ -303,21 +301,3 @@ def make_token_method(name: str, hparams: dict):
     if name not in TOKEN_METHODS:
         raise KeyError(f"unknown token method {name!r}; known: {', '.join(TOKEN_METHODS)}")
     return TOKEN_METHODS[name](**hparams)
-
-
-def token_rm_accuracy(heads: dict[str, TokenHead], users: dict[str, TokenPairFeatures]) -> dict:
-    """Strict pairwise accuracy of token-level heads: correct iff R_u(chosen) > R_u(rejected); exact ties are
-    wrong and counted. Same format as rgd_eval.metrics.rm_accuracy: {"overall": {correct, ties, n, accuracy},
-    "macro": mean per-user accuracy, "per_user": {user: {...}}}; rewards in float64 from the given features."""
-    per_user = {}
-    for u in sorted(users):
-        if u not in heads:
-            raise KeyError(f"no head for user {u!r}")
-        P, Q = heads[u]
-        f = users[u]
-        r_c = sequence_rewards(P, Q, f.chosen)  # [n]
-        r_r = sequence_rewards(P, Q, f.rejected)
-        per_user[u] = _counts(int((r_c > r_r).sum()), int((r_c == r_r).sum()), len(r_c))
-    tot = [sum(v[k] for v in per_user.values()) for k in ("correct", "ties", "n")]
-    macro = float(np.mean([v["accuracy"] for v in per_user.values()])) if per_user else None
-    return {"overall": _counts(*tot), "macro": macro, "per_user": per_user}

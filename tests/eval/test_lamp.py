@@ -112,13 +112,13 @@ def test_duplicate_id(tmp_path):
 
 def test_shipped_default_data_loads_with_documented_counts():
     ds = load_lamp(DEFAULT_LAMP_DIR, task="LaMP-4")
-    assert ds.counts() == {"test": {"users": 8, "queries": 48, "profile_items": 186},
-                           "train": {"users": 16, "queries": 96, "profile_items": 323}}
+    assert ds.counts() == {"test": {"users": 50, "queries": 200, "profile_items": 1113},
+                           "train": {"users": 50, "queries": 200, "profile_items": 1056}}
     assert not set(ds.users("train")) & set(ds.users("test"))
     for split in ds.splits:
         for user, qs in ds.users(split).items():
             profile = ds.profile(split, user)
-            assert len(qs) == 6 and 1 <= len(profile) <= 30
+            assert len(qs) == 4 and 4 <= len(profile) <= 30
             # no held-out (article, headline) is also a profile item of that user (recurring columns reuse a
             # short description, e.g. weekly "funniest tweets", so texts alone may repeat)
             assert not {(q.input.split(": ", 1)[1], q.gold) for q in qs} & {(it["text"], it["title"]) for it in profile}

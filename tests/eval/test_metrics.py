@@ -7,8 +7,7 @@ import torch
 from rouge_score import rouge_scorer
 from scipy import stats
 
-from rgd_eval.metrics import (ROUGE_SETTINGS, bootstrap_ci, kendall_tau, rm_accuracy, rouge_per_example,
-                              score_generation)
+from rgd_eval.metrics import ROUGE_SETTINGS, kendall_tau, rm_accuracy, rouge_per_example, score_generation
 from rgd_eval.reward_models import PairFeatures
 
 
@@ -39,45 +38,35 @@ def test_rm_accuracy_brute_force_with_ties(gen):
         rm_accuracy({}, users)
 
 
-def test_rouge_hand_examples():
+def test_rouge_is_lamps_unstemmed_with_stemmed_secondary():
     # hand: pred "the cat sat" vs ref "the cat": R1 P=2/3 R=1 F=0.8; ROUGE-L LCS=2 -> same.
-    # stemming: "running dogs" vs "dog runs" -> stems {run, dog} both match; LCS = 1 (order swapped).
-    per = rouge_per_example(["the cat sat", "running dogs", "zzz"], ["the cat", "dog runs", "a b"])
-    assert per["rouge1"] == pytest.approx([0.8, 1.0, 0.0])
-    assert per["rougeL"] == pytest.approx([0.8, 0.5, 0.0])
-    ref = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True).score("the cat", "the cat sat")
-    assert per["rouge1"][0] == ref["rouge1"].fmeasure
-    assert ROUGE_SETTINGS["use_stemmer"] is True and ROUGE_SETTINGS["measure"] == "fmeasure"
+    # "running dogs" vs "dog runs": no stemming -> no shared token (LaMP's number: 0); stemmed -> {run, dog}
+    # both match, LCS = 1 (order swapped). Texts are stripped first, as LaMP's evaluation does.
+    preds, refs = ["the cat sat ", "running dogs", "zzz"], [" the cat", "dog runs", "a b"]
+    per = rouge_per_example(preds, refs)
+    assert per["rouge1"] == pytest.approx([0.8, 0.0, 0.0]) and per["rougeL"] == pytest.approx([0.8, 0.0, 0.0])
+    stem = rouge_per_example(preds, refs, stemmer=True)
+    assert stem["rouge1"] == pytest.approx([0.8, 1.0, 0.0]) and stem["rougeL"] == pytest.approx([0.8, 0.5, 0.0])
+    plain = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+    for k, (p, r) in enumerate(zip(preds, refs)):
+        assert per["rouge1"][k] == plain.score(r.strip(), p.strip())["rouge1"].fmeasure
+    assert "use_stemmer=False" in ROUGE_SETTINGS["headline"] and ROUGE_SETTINGS["measure"] == "fmeasure"
 
 
-def test_score_generation_matches_mean_and_checks_ids():
-    golds = {"1": "Trump Signs Bill", "2": "Cats Are Great", "3": "Rain Tomorrow"}
-    preds = {"1": "Trump signs a bill", "2": "Dogs are great", "3": "Sunny"}
-    out = score_generation(preds, golds, n_boot=500, seed=1)
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    r1 = [scorer.score(golds[i], preds[i])["rouge1"].fmeasure for i in ("1", "2", "3")]
-    assert out["rouge1"]["mean"] == pytest.approx(np.mean(r1)) and out["n"] == 3
+def test_score_generation_matches_mean_user_ci_and_checks_ids():
+    golds = {"1": "Trump Signs Bill", "2": "Cats Are Great", "3": "Rain Tomorrow", "4": "Cats Are Great Again"}
+    preds = {"1": "Trump signs a bill", "2": "Dogs are great", "3": "Sunny", "4": "cats are great"}
+    users = {"1": "a", "2": "a", "3": "b", "4": "c"}
+    out = score_generation(preds, golds, users, n_boot=500, seed=1)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+    r1 = [scorer.score(golds[i], preds[i])["rouge1"].fmeasure for i in ("1", "2", "3", "4")]
+    assert out["rouge1"]["mean"] == pytest.approx(np.mean(r1)) and out["n"] == 4
+    assert out["rouge1"]["n_users"] == 3
     assert out["rouge1"]["ci_low"] <= out["rouge1"]["mean"] <= out["rouge1"]["ci_high"]
     assert out["per_example"]["2"]["rouge1"] == pytest.approx(r1[1])
+    assert set(out) >= {"rouge1_stemmed", "rougeL_stemmed"}
     with pytest.raises(ValueError, match="missing"):
-        score_generation({"1": "x"}, golds)
-
-
-def test_bootstrap_ci_brute_force_and_normal_width(fresh_seed):
-    rng = np.random.default_rng(fresh_seed)
-    x = rng.random(50)
-    lo, hi = bootstrap_ci(x, n_boot=300, seed=7)
-    # brute force: the same resampling, one replicate at a time
-    r = np.random.default_rng(7)
-    idx = r.integers(0, 50, size=(300, 50))
-    means = sorted(float(np.mean([x[i] for i in row])) for row in idx)
-    assert lo == pytest.approx(np.quantile(means, 0.025)) and hi == pytest.approx(np.quantile(means, 0.975))
-    # and it is a sensible 95% CI: about mean +- 1.96 sd / sqrt(n)
-    big = rng.normal(size=2000)
-    lo, hi = bootstrap_ci(big, n_boot=2000, seed=0)
-    half = 1.96 * big.std() / math.sqrt(len(big))
-    assert hi - lo == pytest.approx(2 * half, rel=0.15)
-    assert bootstrap_ci(big, seed=3) == bootstrap_ci(big, seed=3)
+        score_generation({"1": "x"}, golds, users)
 
 
 def _tau_b_brute(x, y):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for tiny_
 
 from tiny_models import make_tokenizer, save_tiny  # noqa: E402
 
-ARGS = ["--limit", "2", "--max-profile-pairs", "4", "--min-profile-pairs", "2", "--weights", "0,1,3",
+ARGS = ["--users", "2", "--max-profile-pairs", "4", "--min-profile-pairs", "2", "--weights", "0,1,3",
         "--gen-weights", "1,3", "-k", "3", "--max-new-tokens", "5", "--n-boot", "50", "--batch-size", "4"]
 
 
@@ -39,7 +39,7 @@ def run_eval(model, out, extra=()):
 
 def strip_volatile(results):
     r = json.loads(json.dumps(results))
-    for key in ("elapsed_s", "output_dir"):
+    for key in ("elapsed_s", "output_dir", "stage_seconds", "cache"):
         r["config"].pop(key, None)
     return r
 
@@ -57,7 +57,7 @@ def test_outputs_exist_and_schema(golden):
     assert set(res["generation"]) >= {"zero-shot", "icl", "rgd/global/w=1", "rgd/vpl/w=3", "rgd/token-global/w=1",
                                       "rgd/token-per-user/w=3", "rgd/logratio-icl/w=1", "bon-block/per-user"}
     assert {e["rule"] for v in res["reward_models"].values() for e in v.values()} == {"args", "token", "logratio"}
-    assert set(res["kendall"]["per_rule"]) == {"args", "token", "logratio"}
+    assert set(res["kendall"]["per_rule"]) == {"args", "token"}  # logratio has one configuration
     assert not any(s.startswith("bon-block") for s in res["reward_models"])
     assert "rgd/global/w=0" not in res["generation"]
     assert res["data"]["splits"]["test"]["users"] == 2
@@ -71,35 +71,34 @@ def test_rouge_matches_rouge_score(golden):
     from rouge_score import rouge_scorer
 
     out, res = golden
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)  # LaMP's setting
+    stemmed = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     per_system = {}
     for line in (out / "samples.jsonl").read_text().splitlines():
         s = json.loads(line)
-        sc = scorer.score(s["gold"], s["prediction"])
+        sc = scorer.score(s["gold"].strip(), s["prediction"].strip())
         per_system.setdefault(s["system"], []).append(sc["rouge1"].fmeasure)
         assert s["rougeL"] == pytest.approx(sc["rougeL"].fmeasure)
+        assert s["rouge1_stemmed"] == pytest.approx(stemmed.score(s["gold"], s["prediction"])["rouge1"].fmeasure)
     for system, vals in per_system.items():
         assert res["generation"][system]["rouge1"]["mean"] == pytest.approx(sum(vals) / len(vals))
 
 
-def test_kendall_matches_scipy(golden):
+def test_kendall_per_w_matches_scipy(golden):
     from scipy.stats import kendalltau
 
     _, res = golden
-    xs, ys = [], []
-    for variants in res["reward_models"].values():
-        for e in variants.values():
-            for w, acc in e["policy_accuracy"].items():
-                if float(w) != 0:
-                    xs.append(e["rm_accuracy"])
-                    ys.append(acc)
-    want = kendalltau(xs, ys, variant="b")
-    got = res["kendall"]
-    assert got["n"] == len(xs)
-    if math.isnan(want.statistic):
-        assert got["tau"] is None
-    else:
-        assert got["tau"] == pytest.approx(want.statistic) and got["p_value"] == pytest.approx(want.pvalue)
+    entries = [e for variants in res["reward_models"].values() for e in variants.values()]
+    for w, got in res["kendall"]["per_w"].items():
+        xs = [e["rm_accuracy"] for e in entries]
+        ys = [e["policy_accuracy"][w] for e in entries]
+        want = kendalltau(xs, ys, variant="b")
+        assert got["n_points"] == len(entries) and got["n_users"] == 2
+        if math.isnan(want.statistic):
+            assert got["tau"] is None
+        else:
+            assert got["tau"] == pytest.approx(want.statistic) and got["p_value"] == pytest.approx(want.pvalue)
+    assert "not independent" in res["kendall"]["pooled"]["dependence"]
 
 
 @torch.no_grad()
@@ -137,8 +136,9 @@ def test_rm_and_policy_accuracy_match_brute_force(golden, tiny_model):
         x = engine.encode(p["prompt"])
         h = engine.features([x, x], [enc(p["chosen"]), enc(p["rejected"])])
         rm_correct += float(h[0] @ w_u + b_u) > float(h[1] @ w_u + b_u)
-        s_w = brute_force_S(engine.policy, x, enc(p["chosen"]), w_u, b_u, 1.0, 3)
-        s_l = brute_force_S(engine.policy, x, enc(p["rejected"]), w_u, b_u, 1.0, 3)
+        # w = 1 reward standard deviation: the raw head's weight is 1 / its scale
+        s_w = brute_force_S(engine.policy, x, enc(p["chosen"]), w_u, b_u, 1.0 / entry["reward_scale"], 3)
+        s_l = brute_force_S(engine.policy, x, enc(p["rejected"]), w_u, b_u, 1.0 / entry["reward_scale"], 3)
         pol_correct += s_w > s_l
     assert entry["rm_accuracy"] == pytest.approx(rm_correct / len(test_q))
     assert entry["policy_accuracy"]["1"] == pytest.approx(pol_correct / len(test_q))
@@ -191,8 +191,9 @@ def test_token_and_logratio_accuracies_match_brute_force(golden, tiny_model):
              for name, fn in (("tok", tok_r), ("lr", lr_r))}
         counts["tok_rm"] += R["tok"][0] > R["tok"][1]
         counts["lr_rm"] += R["lr"][0] > R["lr"][1]
-        counts["tok_pol"] += brute_force_rule_S(policy, x, yw, tok_r, 1.0, 3) > brute_force_rule_S(policy, x, yl, tok_r, 1.0, 3)
-        counts["lr_pol"] += brute_force_rule_S(policy, x, yw, lr_r, 1.0, 3) > brute_force_rule_S(policy, x, yl, lr_r, 1.0, 3)
+        wt, wl = 1.0 / entry["reward_scale"], 1.0 / lr_entry["reward_scale"]  # w = 1 reward standard deviation
+        counts["tok_pol"] += brute_force_rule_S(policy, x, yw, tok_r, wt, 3) > brute_force_rule_S(policy, x, yl, tok_r, wt, 3)
+        counts["lr_pol"] += brute_force_rule_S(policy, x, yw, lr_r, wl, 3) > brute_force_rule_S(policy, x, yl, lr_r, wl, 3)
     n = len(test_q)
     assert entry["rm_accuracy"] == pytest.approx(counts["tok_rm"] / n)
     assert entry["policy_accuracy"]["1"] == pytest.approx(counts["tok_pol"] / n)
@@ -204,33 +205,142 @@ def test_interrupted_run_resumes_to_same_results(golden, tiny_model, tmp_path, m
     import rgd_eval.pipeline as pipeline
 
     _, want = golden
-    real = pipeline.generate_texts
+    real = pipeline.Study.generate
+    calls = {"icl": 0}
 
-    def crash_at_icl(engine, run_dir, name, *a, **kw):
-        if name == "gen-icl":
+    def crash_in_icl(self, stage, rows, desc, *a, **kw):
+        if desc == "icl":
+            calls["icl"] += 1
             raise KeyboardInterrupt("simulated interruption")
-        return real(engine, run_dir, name, *a, **kw)
+        return real(self, stage, rows, desc, *a, **kw)
 
-    monkeypatch.setattr(pipeline, "generate_texts", crash_at_icl)
+    monkeypatch.setattr(pipeline.Study, "generate", crash_in_icl)
     with pytest.raises(KeyboardInterrupt):
         run_eval(tiny_model, tmp_path)
-    cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
-    assert any(n.startswith("policy-outputs") for n in cached) and any(n.startswith("trees") for n in cached)
+    cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    assert {p.parent.name for p in cached} >= {"negatives", "features", "trees", "generation"}
     assert not (tmp_path / "results.json").exists()
-    monkeypatch.setattr(pipeline, "generate_texts", real)
+    monkeypatch.setattr(pipeline.Study, "generate", real)
     got = run_eval(tiny_model, tmp_path)
-    for name, mtime in cached.items():  # finished stages were reused, not recomputed
-        assert (tmp_path / "cache" / name).stat().st_mtime_ns == mtime
+    for path, mtime in cached.items():  # finished chunks were reused, not recomputed
+        assert path.stat().st_mtime_ns == mtime
+    assert got["config"]["cache"]["computed"].get("negatives", 0) == 0
     assert strip_volatile(got) == strip_volatile(want)
 
 
-def test_bad_data_dir_is_a_clear_error(tiny_model, tmp_path):
+def test_bad_data_dir_is_a_one_line_error(tiny_model, tmp_path, capsys):
     from rgd_eval.cli import main
-    from rgd_eval.lamp import LaMPFormatError
 
     bad = tmp_path / "data"
     bad.mkdir()
     (bad / "test_questions.json").write_text("[{\"id\": \"q1\", \"input\": \"x\"")  # truncated JSON
     (bad / "test_outputs.json").write_text('{"task": "LaMP_4", "golds": []}')
-    with pytest.raises(LaMPFormatError, match="test_questions.json"):
-        main(["run", "--model", str(tiny_model), "--data", str(bad), "--output-dir", str(tmp_path / "o")])
+    assert main(["run", "--model", str(tiny_model), "--data", str(bad), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "test_questions.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_changed_setting_recomputes_what_reads_it_and_reuses_the_rest(golden, tiny_model, tmp_path):
+    import shutil
+
+    out, want = golden
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+
+    def rerun(*extra):
+        args = list(ARGS)
+        for flag, value in zip(extra[::2], extra[1::2]):  # override a flag's value (or append it)
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
+        from rgd_eval.cli import main
+
+        assert main(["run", "--model", str(tiny_model), "--output-dir", str(run), *args]) == 0
+        return json.loads((run / "results.json").read_text())["config"]["cache"]
+
+    # --n-boot is read by no stage: everything is reused
+    assert rerun("--n-boot", "60")["computed"] == {}
+    # -k is read by the candidate trees and guided generation only
+    got = rerun("-k", "2")["computed"]
+    assert got.get("trees") and got.get("generation-guided")
+    assert not {"negatives", "features", "token-features", "generation", "generation-bon"} & set(got)
+    # --max-new-tokens changes the negatives, hence the pairs' texts, hence everything downstream
+    got = rerun("--max-new-tokens", "4")["computed"]
+    assert {"negatives", "features", "trees", "generation", "generation-guided"} <= set(got)
+    # --icl-n changes the negatives' prompts (and ICL's), so the same chain recomputes
+    assert {"negatives", "features", "trees"} <= set(rerun("--icl-n", "2")["computed"])
+
+
+def _write_lamp7(root: Path, n_users=(3, 3), n_items=4, n_queries=2):
+    prefix = "Paraphrase the following tweet without any explanation before or after it: "
+    words = ["rain", "cats", "coffee", "monday", "vote", "music", "news", "game", "city", "love"]
+    for split, n in zip(("train", "test"), n_users):
+        questions, golds = [], []
+        for u in range(n):
+            uid = f"{split[:2]}{u}"
+            profile = [{"id": f"{uid}t{k}", "text": f"{words[(u + k) % 10]} {words[(u * k) % 10]} again lol"}
+                       for k in range(n_items)]
+            for j in range(n_queries):
+                qid = f"{uid}q{j}"
+                questions.append({"id": qid, "user_id": uid, "input": prefix + f"the {words[j]} is {words[u]}",
+                                  "profile": profile})
+                golds.append({"id": qid, "output": f"{words[u]} {words[j]} omg"})
+        (root / f"{split}_questions.json").write_text(json.dumps(questions))
+        (root / f"{split}_outputs.json").write_text(json.dumps({"task": "LaMP_7", "golds": golds}))
+
+
+def test_lamp7_folder_runs_with_paraphrased_profile_pairs(tiny_model, tmp_path):
+    from rgd_eval.cli import main
+
+    data = tmp_path / "lamp7"
+    data.mkdir()
+    _write_lamp7(data)
+    out = tmp_path / "run"
+    args = ["--max-profile-pairs", "3", "--min-profile-pairs", "1", "--weights", "0,1", "-k", "3",
+            "--max-new-tokens", "5", "--n-boot", "50", "--n-perm", "50", "--batch-size", "4", "--rules", "args",
+            "logratio", "--methods", "global", "per-user"]
+    assert main(["run", "--model", str(tiny_model), "--data", str(data), "--tasks", "LaMP-7", "--output-dir",
+                 str(out), *args]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["data"]["task"] == "LaMP-7" and res["config"]["cache"]["computed"]["paraphrases"]
+    pairs = [json.loads(l) for l in (out / "pairs.jsonl").read_text().splitlines()]
+    prof = [p for p in pairs if p["kind"] == "profile"]
+    assert prof and all(p["prompt"].startswith("Paraphrase the following tweet") and p["prompt"].endswith(
+        "\nParaphrase:") for p in prof)
+    assert all(p["chosen"].endswith("again lol") for p in prof)  # chosen = the user's own tweet
+    assert json.loads((out / "predictions" / "icl.json").read_text())["task"] == "LaMP_7"
+    assert main(["run", "--model", str(tiny_model), "--data", str(data), "--tasks", "LaMP-4", "--output-dir",
+                 str(tmp_path / "o2"), *args]) == 2
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (["--weights", "0,1,nan"], "--weights"), (["--weights", "0,inf"], "--weights"), (["--weights", "0"], "weight > 0"),
+    (["--users", "0"], "--users"), (["--users", "-1"], "--users"), (["--min-profile-pairs", "9"], "exceeds"),
+    (["--gen-weights", "5"], "--gen-weights"), (["-k", "0"], "-k"), (["--bon-temperature", "nan"], "temperature"),
+    (["--n-boot", "0"], "--n-boot")])
+def test_bad_arguments_fail_before_any_work(tiny_model, tmp_path, capsys, bad, needle):
+    from rgd_eval.cli import main
+
+    out = tmp_path / "o"
+    assert main(["run", "--model", str(tiny_model), "--output-dir", str(out), *ARGS, *bad]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # nothing was started
+
+
+def test_data_without_test_split_or_usable_users_is_a_clear_error(tiny_model, tmp_path, capsys):
+    from rgd_eval.cli import main
+
+    data = tmp_path / "lamp7"
+    data.mkdir()
+    _write_lamp7(data)
+    (data / "test_questions.json").rename(data / "dev_questions.json")
+    (data / "test_outputs.json").rename(data / "dev_outputs.json")
+    assert main(["run", "--model", str(tiny_model), "--data", str(data), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no test split" in err and "dev" in err
+    _write_lamp7(data, n_items=1)  # every user has one profile item < --min-profile-pairs
+    assert main(["run", "--model", str(tiny_model), "--data", str(data), "--output-dir", str(tmp_path / "o"),
+                 "--min-profile-pairs", "2", "--rules", "args", "--methods", "global"]) == 2
+    assert "no usable user" in capsys.readouterr().err

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from rgd_eval.metrics import rm_accuracy
+from rgd_eval.metrics import rm_accuracy, token_rm_accuracy
 from rgd_eval.reward_models import PairFeatures, variant_name
 from rgd_eval.token_models import (TOKEN_METHODS, TokenPairFeatures, TokenSeq, _pair_tokens, make_token_method,
-                                   sequence_reward, sequence_rewards, token_rm_accuracy, token_variants)
+                                   sequence_reward, sequence_rewards, token_variants)
 
 D = 12  # feature dim of the synthetic problems
 R_TRUE = 2  # rank of the planted A* = P*^T Q*
