@@ -53,8 +53,8 @@ STAGES = {s.name: s for s in (
                                    "(the input of its pair)"),
     Stage("negatives", GEN_ARGS, "rejected texts the policy writes (icl-other: conditioned on another user's "
                                  "profile; policy: zero-shot)"),
-    Stage("features", MODEL_ARGS, "h(x o y): final-norm state at the last token, chosen and rejected", "torch"),
-    Stage("token-features", MODEL_ARGS, "prefix states of every response token (token-level heads)", "torch"),
+    Stage("features", MODEL_ARGS, "final-norm states of x o y, chosen and rejected: at the last token "
+                                  "(sequence heads) and at every response prefix (token heads)", "torch"),
     Stage("trees", MODEL_ARGS + ("k",), "teacher-forced candidate trees of the query pairs (policy accuracy)",
           "torch"),
     Stage("generation", GEN_ARGS, "zero-shot and ICL greedy generation"),
@@ -170,23 +170,11 @@ def build_pairs(study: Study, ds: LaMPDataset) -> tuple[PrefLaMP, dict[str, str]
     return pref, {p.pair_id: zero_shot_prompt(ds.task, p.input) for p in pref.pairs}
 
 
-def compute_features(study: Study, pairs, prompts) -> tuple[torch.Tensor, torch.Tensor]:
-    """h(x o y_w), h(x o y_l) for every pair -> two [P, d] tensors."""
-    eng = study.engine
-
-    def compute(chunk):
-        x = [eng.encode(prompts[p.pair_id]) for p in chunk]
-        return {"chosen": eng.features(x, [study.response_ids(p.chosen) for p in chunk]),
-                "rejected": eng.features(x, [study.response_ids(p.rejected) for p in chunk])}
-
-    parts = study.cache.map_chunks(STAGES["features"], pairs, FEATURE_CHUNK, lambda c: _pair_inputs(c, prompts),
-                                   compute, "features")
-    return torch.cat([g["chosen"] for g in parts]), torch.cat([g["rejected"] for g in parts])
-
-
-def compute_token_features(study: Study, pairs, prompts) -> dict[str, tuple[TokenSeq, TokenSeq]]:
-    """{pair_id: (chosen, rejected)} as TokenSeq(h = prefix states, e = the backbone's LM-head rows)."""
-    from rgd_engine.features import prefix_states
+def compute_features(study: Study, pairs, prompts) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Reward features of every pair from one forward of each x o y: h(x o y_w), h(x o y_l) as two [P, d]
+    tensors (sequence-level heads) and {pair_id: (chosen, rejected)} TokenSeqs (prefix states and the backbone's
+    LM-head rows of the response tokens: token-level heads)."""
+    from rgd_engine.features import response_states
 
     eng = study.engine
     emb = eng.backbone.lm_head_weight.detach().float().cpu()  # [V, d]
@@ -194,16 +182,18 @@ def compute_token_features(study: Study, pairs, prompts) -> dict[str, tuple[Toke
     def compute(chunk):
         x = [eng.encode(prompts[p.pair_id]) for p in chunk]
         ys = [study.response_ids(p.chosen) for p in chunk] + [study.response_ids(p.rejected) for p in chunk]
-        return {"h": prefix_states(eng.backbone, x + x, ys), "ids": [torch.tensor(y) for y in ys]}
+        last, prefix = response_states(eng.backbone, x + x, ys)
+        n = len(chunk)
+        return {"chosen": last[:n], "rejected": last[n:], "h": prefix, "ids": [torch.tensor(y) for y in ys]}
 
-    out = {}
-    parts = study.cache.map_chunks(STAGES["token-features"], pairs, FEATURE_CHUNK,
-                                   lambda c: _pair_inputs(c, prompts), compute, "token features")
+    parts = study.cache.map_chunks(STAGES["features"], pairs, FEATURE_CHUNK, lambda c: _pair_inputs(c, prompts),
+                                   compute, "features")
+    tok = {}
     for chunk, got in zip(_chunks(pairs, FEATURE_CHUNK), parts):
         n = len(chunk)
         for i, p in enumerate(chunk):
-            out[p.pair_id] = tuple(TokenSeq(got["h"][j], emb[got["ids"][j]]) for j in (i, n + i))
-    return out
+            tok[p.pair_id] = tuple(TokenSeq(got["h"][j], emb[got["ids"][j]]) for j in (i, n + i))
+    return torch.cat([g["chosen"] for g in parts]), torch.cat([g["rejected"] for g in parts]), tok
 
 
 def _pair_inputs(chunk, prompts, conds=None) -> dict:
@@ -436,15 +426,12 @@ def run(args) -> int:
     ds = study.timed("data", load_data, args)
     pref, prompts = study.timed("pairs", build_pairs, study, ds)
     row = {p.pair_id: i for i, p in enumerate(pref.pairs)}
-    hw, hl = study.timed("features", compute_features, study, pref.pairs, prompts)
+    hw, hl, tok = study.timed("features", compute_features, study, pref.pairs, prompts)
 
     def seq_feats(split, kind):
         sel = pref.select(split, kind)
         idx = torch.tensor([row[p.pair_id] for p in sel], dtype=torch.long)
         return features_by_user(sel, hw[idx], hl[idx])
-
-    tok = study.timed("token features", compute_token_features, study, pref.pairs, prompts) \
-        if "token" in args.rules else {}
 
     def tok_feats(split, kind):
         return token_features_by_user(pref.select(split, kind), tok)

@@ -48,3 +48,21 @@ def prefix_states(model: CausalLM, prompts: list[list[int]], responses: list[lis
             P, T = len(prompts[i]), len(responses[i])
             out[i] = hidden[r, P - 1:P + T - 1].float().cpu()
     return out
+
+
+@torch.inference_mode()
+def response_states(model: CausalLM, prompts: list[list[int]], responses: list[list[int]],
+                    batch_size: int = 16) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Both features of each (x, y) from ONE forward of x o y: the last-token state [N, d] (= last_token_states)
+    and the prefix states [T_i, d] that predict y_t (= prefix_states); float32 on CPU."""
+    if any(len(r) == 0 for r in responses) or any(len(p) == 0 for p in prompts):
+        raise ValueError("response_states needs non-empty prompts and responses")
+    seqs = [p + r for p, r in zip(prompts, responses)]
+    last = torch.empty(len(seqs), model.hidden_size, dtype=torch.float32)
+    prefix: list[torch.Tensor | None] = [None] * len(seqs)
+    for idx, hidden in _batches(model, seqs, batch_size):
+        for r, i in enumerate(idx):
+            P, T = len(prompts[i]), len(responses[i])
+            last[i] = hidden[r, P + T - 1].float().cpu()
+            prefix[i] = hidden[r, P - 1:P + T - 1].float().cpu()
+    return last, prefix

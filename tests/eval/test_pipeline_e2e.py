@@ -264,7 +264,7 @@ def test_changed_setting_recomputes_what_reads_it_and_reuses_the_rest(golden, ti
     # -k is read by the candidate trees and guided generation only
     got = rerun("-k", "2")["computed"]
     assert got.get("trees") and got.get("generation-guided")
-    assert not {"negatives", "features", "token-features", "generation", "generation-bon"} & set(got)
+    assert not {"negatives", "features", "generation", "generation-bon"} & set(got)
     # --max-new-tokens changes the negatives, hence the pairs' texts, hence everything downstream
     got = rerun("--max-new-tokens", "4")["computed"]
     assert {"negatives", "features", "trees", "generation", "generation-guided"} <= set(got)
