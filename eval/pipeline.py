@@ -280,6 +280,13 @@ def candidate_rewards(cfg: dict, cs, user: str, split: str, emb) -> torch.Tensor
     return cs.cond_logprob.double() - cs.logprob.double()  # logratio
 
 
+def candidate_set(cs) -> torch.Tensor:
+    """[T, k+1] bool: the columns of C_t = top-k U {y_t} (the gold column only where y_t is outside the top-k)."""
+    valid = torch.ones(cs.logprob.shape, dtype=torch.bool)
+    valid[:, -1] = cs.gold_index == cs.k
+    return valid
+
+
 CONSTANT_REWARD_SD = 1e-6  # below this a reward does not separate candidates: it is treated as 0
 
 
@@ -287,7 +294,7 @@ def reward_scale(cfg: dict, trees, pairs, emb) -> float | None:
     """Standard deviation of a configuration's reward over every candidate of the train users' query pairs;
     None for a (numerically) constant reward, e.g. a head the L2 penalty shrank to zero: it guides nothing,
     and dividing by its tiny sd would only amplify rounding noise."""
-    r = torch.cat([candidate_rewards(cfg, cs, p.user_id, "train", emb).flatten()
+    r = torch.cat([candidate_rewards(cfg, cs, p.user_id, "train", emb)[candidate_set(cs)]
                    for p in pairs for cs in trees[p.pair_id]])
     sd = float(r.std())
     return sd if sd > CONSTANT_REWARD_SD else None

@@ -344,3 +344,48 @@ def test_data_without_test_split_or_usable_users_is_a_clear_error(tiny_model, tm
     assert main(["run", "--model", str(tiny_model), "--data", str(data), "--output-dir", str(tmp_path / "o"),
                  "--min-profile-pairs", "2", "--rules", "args", "--methods", "global"]) == 2
     assert "no usable user" in capsys.readouterr().err
+
+
+def test_reward_scale_is_the_sd_over_train_candidates_by_brute_force(golden, tiny_model):
+    """The per-user heads' scale: sd of r_u over C_t = top-k U {y_t} at every step of the train users' query
+    pairs, every candidate sequence recomputed in full with the HF modules; the train users' heads come from
+    refitting the selected variant on features recomputed here (fitting is deterministic for a seed)."""
+    import types
+
+    from rgd_engine import Engine
+    from rgd_engine.models import load_causal_lm
+    from rgd_eval.features import features_by_user
+    from rgd_eval.reward_models import make_method
+
+    out, res = golden
+    engine = Engine(load_causal_lm(str(tiny_model)))
+    policy = engine.policy
+    pairs = [json.loads(l) for l in (out / "pairs.jsonl").read_text().splitlines()]
+    enc = lambda t: engine.tokenizer(" " + t.strip(), add_special_tokens=False)["input_ids"]  # noqa: E731
+    method = "per-user"
+    variant = res["config"]["selected_variants"][method]
+    entry = res["reward_models"][method][variant]
+
+    def feats(split, kind):
+        sel = [p for p in pairs if p["split"] == split and p["kind"] == kind]
+        xs = [engine.encode(p["prompt"]) for p in sel]
+        h = engine.features(xs + xs, [enc(p["chosen"]) for p in sel] + [enc(p["rejected"]) for p in sel])
+        rows = [types.SimpleNamespace(user_id=p["user"]) for p in sel]
+        return features_by_user(rows, h[:len(sel)], h[len(sel):])
+
+    heads = make_method(method, entry["hparams"]).fit(feats("train", "profile"), seed=0).heads_for(
+        feats("train", "profile"))
+    rewards = []
+    with torch.no_grad():
+        for p in (p for p in pairs if p["split"] == "train" and p["kind"] == "query"):
+            w_u, b_u = heads[p["user"]]
+            x = engine.encode(p["prompt"])
+            for y in (enc(p["chosen"]), enc(p["rejected"])):
+                for t in range(len(y)):
+                    prefix = x + y[:t]
+                    lp = policy.hf_model(input_ids=torch.tensor([prefix])).logits[0, -1]
+                    cands = torch.topk(lp, 3).indices.tolist()
+                    cands += [y[t]] if y[t] not in cands else []
+                    h = policy.base(input_ids=torch.tensor([prefix + [v] for v in cands])).last_hidden_state[:, -1]
+                    rewards += (h.double() @ w_u.double() + b_u).tolist()
+    assert entry["reward_scale"] == pytest.approx(float(torch.tensor(rewards).std()), rel=1e-3)
