@@ -51,8 +51,9 @@ def data_section(data: dict) -> str:
     splits = data["splits"]
     rows = [[k] + [str(splits[s].get(k, "")) for s in splits] for k in keys]
     src = data.get("rejected_source", "?")
-    out = [f"Task {data.get('task', '?')}; rejected responses: **{src}**: {NEGATIVES.get(src, '')}", "",
-           _table(["count"] + list(splits), rows)]
+    out = [f"Task {data.get('task', '?')}; rejected responses: **{src}**. What each source (`--rejected`) can and "
+           "cannot show:", ""] + [f"- `{name}`{' (this run)' if name == src else ''}: {text}"
+                                  for name, text in NEGATIVES.items()] + ["", _table(["count"] + list(splits), rows)]
     build = data.get("build")
     if build:
         s = build.get("source", {})

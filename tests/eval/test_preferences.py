@@ -160,3 +160,19 @@ def test_features_by_user(gen):
         assert torch.equal(pf.chosen, ch[rows]) and torch.equal(pf.rejected, rj[rows])
     with pytest.raises(ValueError):
         features_by_user(pairs, ch[:-1], rj[:-1])
+
+
+def test_lamp5_profile_pairs_are_abstract_to_title(tmp_path):
+    prefix = "Generate a title for the following abstract of a paper: "
+    questions = [{"id": f"q{u}", "user_id": f"u{u}", "input": prefix + f"abstract {u}",
+                  "profile": [{"id": f"u{u}p{k}", "title": f"T{u}{k}", "abstract": f"A{u}{k}"} for k in range(2)]}
+                 for u in range(2)]
+    (tmp_path / "dev_questions.json").write_text(json.dumps(questions))
+    (tmp_path / "dev_outputs.json").write_text(json.dumps({"task": "LaMP_5", "golds": [
+        {"id": f"q{u}", "output": f"Gold {u}"} for u in range(2)]}))
+    ds = load_lamp(tmp_path)
+    sources, _ = pair_sources(ds)
+    s = next(s for s in sources if s.pair_id == "u1/p/u1p0")
+    assert (s.input, s.chosen) == (prefix + "A10", "T10") and paraphrase_prompts(ds) == {}
+    prompts = negative_prompts(ds, sources, "icl-other", icl_n=1, seed=0)
+    assert prompts["u1/q/q1"][0].endswith(prefix + "abstract 1\nTitle:") and '"T0' in prompts["u1/q/q1"][0]
