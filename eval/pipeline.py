@@ -208,7 +208,7 @@ def _chunks(items, size):
 def compute_trees(study: Study, pairs, prompts, conds: dict[str, str] | None):
     """One teacher-forced candidate tree per (pair, chosen | rejected) -> {pair_id: (cs_chosen, cs_rejected)}.
     conds: pair_id -> profile-conditioned prompt (adds log pi_u at the candidates, rule logratio)."""
-    from rgd_engine.policy_accuracy import CandidateStates, candidate_states
+    from rgd_engine.policy_accuracy import CandidateStates, prompt_candidate_states
 
     eng, a = study.engine, study.args
     fields = ("logprob", "states", "gold_index", "ids", "prefix", "cond_logprob")
@@ -218,9 +218,9 @@ def compute_trees(study: Study, pairs, prompts, conds: dict[str, str] | None):
         for p in chunk:
             x = eng.encode(prompts[p.pair_id])
             cond = eng.encode(conds[p.pair_id]) if conds else None
-            for side, text in (("chosen", p.chosen), ("rejected", p.rejected)):
-                cs = candidate_states(eng.policy, eng.backbone, x, study.response_ids(text), a.k, a.backend,
-                                      cond_prompt_ids=cond)
+            trees = prompt_candidate_states(eng.policy, eng.backbone, x, [study.response_ids(p.chosen),
+                                            study.response_ids(p.rejected)], a.k, a.backend, cond_prompt_ids=cond)
+            for side, cs in zip(("chosen", "rejected"), trees):
                 res[f"{p.pair_id}|{side}"] = {f: getattr(cs, f) for f in fields if getattr(cs, f) is not None}
         return res
 

@@ -16,12 +16,14 @@ Cost: the candidate states do not depend on the user, the head or w (heads are l
 tree-mask forward per sequence yields `CandidateStates` ([T, k+1] log-probs, [T, k+1, d] states) from which
 every (method, head, w) configuration is evaluated by `sequence_scores` without touching the model again.
 The same forward also yields the reward backbone's prefix states (the `token` rule's input), and an optional
-second forward of the profile-conditioned prompt gives log pi_u at the candidates (the `logratio` rule).
-The T*k top-k candidates are appended after x o y; candidate (t, j) sits at y_t's position and attends to
+forward of the profile-conditioned prompt gives log pi_u at the candidates (the `logratio` rule).
+x o y is one cached forward (the prompt's part shared by all responses to it: `prompt_candidate_states`); the
+T*k top-k candidates are one more forward over that cache, candidate (t, j) at y_t's position attending to
 x o y<t and itself only. The gold token needs no extra slot: its causal state in x o y is exactly that.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -44,18 +46,32 @@ class CandidateStates:
         return self.logprob.shape[1] - 1
 
 
-def _candidate_mask(n_main: int, prompt_len: int, T: int, k: int, dtype) -> torch.Tensor:
-    """Additive mask [1, 1, N, N], N = n_main + T*k: causal over x o y; candidate (t, j) sees x o y<t and itself."""
-    N = n_main + T * k
-    allowed = torch.zeros(N, N, dtype=torch.bool)
-    allowed[:n_main, :n_main] = torch.ones(n_main, n_main, dtype=torch.bool).tril()
-    rows = torch.arange(n_main, N)
-    t = (rows - n_main) // k  # step of each candidate
-    visible = prompt_len + t  # x o y<t has prompt_len + t tokens
-    allowed[n_main:, :n_main] = torch.arange(n_main)[None, :] < visible[:, None]
-    allowed[rows, rows] = True
-    mask = torch.zeros(N, N, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+def _candidate_mask(P: int, T: int, k: int, dtype) -> torch.Tensor:
+    """Additive mask [1, 1, T*k, P+T+T*k] of the T*k candidates over the cached x o y and themselves:
+    candidate (t, j) sees x o y<t (the first P + t slots) and its own slot only."""
+    n = T * k
+    t = torch.arange(n) // k  # step of each candidate
+    allowed = torch.zeros(n, P + T + n, dtype=torch.bool)
+    allowed[:, :P + T] = torch.arange(P + T)[None, :] < (P + t)[:, None]
+    allowed[torch.arange(n), P + T + torch.arange(n)] = True
+    return torch.zeros(n, P + T + n, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def _prefix(model: CausalLM, ids: list[int]):
+    """One cached forward of a shared prefix -> (its last final-norm state [d], the KV cache)."""
+    out = model.base(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
+    return out.last_hidden_state[0, -1], out.past_key_values
+
+
+def _continue(model: CausalLM, prefix, ids: list[int], **kw) -> torch.Tensor:
+    """Final-norm states [len(ids), d] of ids appended to a copy of a cached prefix (the prefix cache is kept)."""
+    _, cache = prefix
+    start = cache.get_seq_length()
+    cache = copy.deepcopy(cache)
+    pos = kw.pop("position_ids", torch.arange(start, start + len(ids), device=model.device)[None])
+    return model.base(input_ids=torch.tensor([ids], device=model.device), cache=cache, use_cache=True,
+                      position_ids=pos, cache_position=torch.arange(start, start + len(ids), device=model.device),
+                      **kw).last_hidden_state[0], cache
 
 
 @torch.inference_mode()
@@ -63,52 +79,55 @@ def candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: list[int]
                      k: int, backend: str | None = None, cond_prompt_ids: list[int] | None = None) -> CandidateStates:
     """Teacher-forced candidate tree for one (prompt, response). backbone may be the policy (shared trunk).
     cond_prompt_ids: the profile-conditioned prompt (c_u o x) for the `logratio` rule, or None."""
-    if not response_ids:
-        raise ValueError("policy accuracy needs a non-empty response (0 tokens)")
-    if not prompt_ids:
-        raise ValueError("policy accuracy needs a non-empty prompt (0 tokens)")
-    P, T = len(prompt_ids), len(response_ids)
-    dev = policy.device
-    main = torch.tensor([prompt_ids + response_ids], device=dev)  # [1, P+T]
-    h_pol = policy.base(input_ids=main, use_cache=False).last_hidden_state[0]  # [P+T, d]
-    before = h_pol[P - 1:P + T - 1]  # [T, d]: states that predict y_1..y_T
-    top_lp, top_ids, lse = lmhead_topk(before, policy.lm_head_weight, k, backend=backend)  # [T, k], [T, k], [T]
-    gold = torch.tensor(response_ids, device=dev)  # [T]
-    gold_logit = (before.float() * policy.lm_head_weight[gold].float()).sum(-1)  # [T]
-    logprob = torch.cat([top_lp, (gold_logit - lse)[:, None]], dim=1)  # [T, k+1]
-    hit = top_ids == gold[:, None]  # [T, k]
-    gold_index = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(gold, k))
-
-    n_main = P + T
-    ids = torch.cat([main[0], top_ids.reshape(-1)])[None]  # [1, N]
-    pos = torch.cat([torch.arange(n_main, device=dev),
-                     (P + torch.arange(T, device=dev)).repeat_interleave(k)])[None]  # [1, N]
-    mask = _candidate_mask(n_main, P, T, k, backbone.dtype).to(dev)
-    h = backbone.base(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state[0]
-    cand = h[n_main:].view(T, k, -1)  # [T, k, d]
-    gold_state = h[P:n_main]  # [T, d]: y_t's causal state = reward input of x o y<t o y_t
-    states = torch.cat([cand, gold_state[:, None]], dim=1).float().cpu()  # [T, k+1, d]
-    cand_ids = torch.cat([top_ids, gold[:, None]], dim=1)  # [T, k+1]
-    cond = None
-    if cond_prompt_ids is not None:
-        cond = conditioned_logprobs(policy, cond_prompt_ids, response_ids, cand_ids).cpu()
-    return CandidateStates(logprob.float().cpu(), states, gold_index.cpu(), cand_ids.cpu(),
-                           h[P - 1:n_main - 1].float().cpu(), cond)
+    return prompt_candidate_states(policy, backbone, prompt_ids, [response_ids], k, backend, cond_prompt_ids)[0]
 
 
 @torch.inference_mode()
-def conditioned_logprobs(policy: CausalLM, cond_prompt_ids: list[int], response_ids: list[int],
-                         cand_ids: torch.Tensor) -> torch.Tensor:
-    """log pi(v | c o y<t) at the given candidates, teacher-forced in one forward.
-
-    cand_ids [T, k+1] -> [T, k+1] float32 (exact log-softmax over the whole vocabulary)."""
-    if not cond_prompt_ids:
+def prompt_candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: list[int],
+                            responses: list[list[int]], k: int, backend: str | None = None,
+                            cond_prompt_ids: list[int] | None = None) -> list[CandidateStates]:
+    """candidate_states of several responses to one prompt (a pair's chosen and rejected). The prompt x (and the
+    conditioned prompt c_u o x) is forwarded once and shared through its KV cache; per response y, x o y continues
+    that cache, and the T*k candidates are one more cached forward with a tree mask."""
+    if any(not r for r in responses):
+        raise ValueError("policy accuracy needs a non-empty response (0 tokens)")
+    if not prompt_ids:
+        raise ValueError("policy accuracy needs a non-empty prompt (0 tokens)")
+    if cond_prompt_ids is not None and not cond_prompt_ids:
         raise ValueError("the conditioned prompt is empty (0 tokens)")
-    C, T = len(cond_prompt_ids), len(response_ids)
-    seq = torch.tensor([cond_prompt_ids + response_ids], device=policy.device)
-    h = policy.base(input_ids=seq, use_cache=False).last_hidden_state[0, C - 1:C + T - 1].float()  # [T, d]
-    logits = h @ policy.lm_head_weight.float().t()  # [T, V]: T is a short response, so this stays small
-    return torch.log_softmax(logits, -1).gather(1, cand_ids.to(h.device))
+    dev, P = policy.device, len(prompt_ids)
+    shared = backbone is policy
+    x_back = _prefix(backbone, prompt_ids)
+    x_pol = x_back if shared else _prefix(policy, prompt_ids)
+    c_pol = _prefix(policy, cond_prompt_ids) if cond_prompt_ids is not None else None
+    out = []
+    for y in responses:
+        T = len(y)
+        h_back, cache = _continue(backbone, x_back, y)  # [T, d]: states of x o y_<=t, cache of x o y
+        h_pol = h_back if shared else _continue(policy, x_pol, y)[0]
+        before = torch.cat([x_pol[0][None], h_pol[:-1]])  # [T, d]: the states that predict y_1..y_T
+        top_lp, top_ids, lse = lmhead_topk(before, policy.lm_head_weight, k, backend=backend)  # [T, k] x2, [T]
+        gold = torch.tensor(y, device=dev)  # [T]
+        gold_logit = (before.float() * policy.lm_head_weight[gold].float()).sum(-1)  # [T]
+        logprob = torch.cat([top_lp, (gold_logit - lse)[:, None]], dim=1)  # [T, k+1]
+        hit = top_ids == gold[:, None]  # [T, k]
+        gold_index = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(gold, k))
+        # Candidate (t, j) sits at y_t's position P + t and attends to x o y<t and itself (depth-1 tree).
+        pos = (P + torch.arange(T, device=dev)).repeat_interleave(k)[None]  # [1, T*k]
+        mask = _candidate_mask(P, T, k, backbone.dtype).to(dev)
+        cand = _continue(backbone, (None, cache), top_ids.reshape(-1).tolist(), position_ids=pos,
+                         attention_mask=mask)[0].view(T, k, -1)  # [T, k, d]
+        states = torch.cat([cand, h_back[:, None]], dim=1).float().cpu()  # [T, k+1, d]: y_t's causal state last
+        prefix = torch.cat([x_back[0][None], h_back[:-1]]).float().cpu()  # [T, d]: states of x o y<t
+        cand_ids = torch.cat([top_ids, gold[:, None]], dim=1)  # [T, k+1]
+        cond = None
+        if c_pol is not None:
+            h_c = _continue(policy, c_pol, y)[0]  # [T, d]
+            h_c = torch.cat([c_pol[0][None], h_c[:-1]]).float()  # [T, d]: states that predict y_t given c_u o x
+            logits = h_c @ policy.lm_head_weight.float().t()  # [T, V]: T is a short response, so this stays small
+            cond = torch.log_softmax(logits, -1).gather(1, cand_ids.to(h_c.device)).cpu()
+        out.append(CandidateStates(logprob.float().cpu(), states, gold_index.cpu(), cand_ids.cpu(), prefix, cond))
+    return out
 
 
 def sequence_scores(cs: CandidateStates, W: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,

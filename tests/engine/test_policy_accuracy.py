@@ -142,3 +142,22 @@ def test_token_and_logratio_policy_scores_equal_brute_force(tiny_dirs, load, arc
                                           lambda pre, v: float(lp_last(cond + pre[n:])[v] - lp_last(pre)[v]),
                                           w, strict, reduce)
             _assert_score(float(lr[0, i]), want)
+
+
+@pytest.mark.parametrize("arch,separate", [("llama", False), ("gpt2", False), ("llama", True)])
+def test_shared_prompt_trees_equal_one_tree_per_response(tiny_dirs, load, arch, separate):
+    """prompt_candidate_states shares the prompt's (and the context's) cached forward across responses: each
+    result must equal candidate_states computed for that response alone, whatever else is in the list."""
+    from rgd_engine.policy_accuracy import prompt_candidate_states
+
+    policy = load(tiny_dirs[arch])
+    backbone = load(tiny_dirs["rm"]) if separate else policy
+    engine = Engine(policy, backbone if separate else None)
+    x, cond = engine.encode("Breaking news: the city"), engine.encode("A profile line.\nBreaking news: the city")
+    ys = [engine.encode(" council votes today")[-3:], engine.encode(" frog")[-1:], engine.encode(" a b c d e")[-5:]]
+    together = prompt_candidate_states(policy, backbone, x, ys, 3, cond_prompt_ids=cond)
+    for y, got in zip(ys, together):
+        alone = candidate_states(policy, backbone, x, y, 3, cond_prompt_ids=cond)
+        for f in ("logprob", "states", "prefix", "cond_logprob"):
+            assert torch.allclose(getattr(got, f), getattr(alone, f), atol=1e-5), f
+        assert torch.equal(got.ids, alone.ids) and torch.equal(got.gold_index, alone.gold_index)
