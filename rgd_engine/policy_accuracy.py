@@ -60,7 +60,7 @@ def _candidate_mask(P: int, T: int, k: int, dtype) -> torch.Tensor:
 def _prefix(model: CausalLM, ids: list[int]):
     """One cached forward of a shared prefix -> (its last final-norm state [d], the KV cache)."""
     out = model.base(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
-    return out.last_hidden_state[0, -1], out.past_key_values
+    return out.last_hidden_state[0, -1], out.cache
 
 
 def _continue(model: CausalLM, prefix, ids: list[int], **kw) -> torch.Tensor:
