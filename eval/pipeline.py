@@ -238,20 +238,18 @@ def fit_reward_models(args, pref: PrefLaMP, feats, tok_feats) -> dict[tuple[str,
     """Every (method, variant): {rule, hparams, train: heads of train users, test: heads of test users}."""
     from tqdm import tqdm
 
-    out = {}
+    families = []  # (rule, methods, their variants, constructor, features of a split's pairs)
     if {"args", "bon-block"} & set(args.rules):
-        prof = {s: feats(s, "profile") for s in ("train", "test")}
-        for name in tqdm(args.methods, desc="reward models", unit="method", leave=False):
-            for hp in variants(name):
-                m = make_method(name, hp).fit(prof["train"], seed=args.seed)
-                out[name, variant_name(hp)] = {"rule": "args", "hparams": hp, "train": m.heads_for(prof["train"]),
-                                               "test": m.heads_for(prof["test"])}
+        families.append(("args", args.methods, variants, make_method, feats))
     if "token" in args.rules:
-        prof = {s: tok_feats(s, "profile") for s in ("train", "test")}
-        for name in tqdm(args.token_methods, desc="token reward models", unit="method", leave=False):
-            for hp in token_variants(name):
-                m = make_token_method(name, hp).fit(prof["train"], seed=args.seed)
-                out[name, variant_name(hp)] = {"rule": "token", "hparams": hp, "train": m.heads_for(prof["train"]),
+        families.append(("token", args.token_methods, token_variants, make_token_method, tok_feats))
+    out = {}
+    for rule, methods, variants_of, make, feats_of in families:
+        prof = {s: feats_of(s, "profile") for s in ("train", "test")}
+        for name in tqdm(methods, desc=f"{rule} reward models", unit="method", leave=False):
+            for hp in variants_of(name):
+                m = make(name, hp).fit(prof["train"], seed=args.seed)
+                out[name, variant_name(hp)] = {"rule": rule, "hparams": hp, "train": m.heads_for(prof["train"]),
                                                "test": m.heads_for(prof["test"])}
     return out
 
