@@ -178,7 +178,7 @@ def test_other_float_files_load_exactly(tmp_path, dtype):
     assert got.W.dtype == torch.float32 and np.array_equal(got.W.numpy(), want)
 
 
-def test_directory_as_bank(tmp_path, capsys):
+def test_directory_as_bank(tmp_path):
     with pytest.raises(HeadBankError, match=r"is a directory, not a head-bank"):
         load_bank(tmp_path)
     with pytest.raises(HeadBankError, match=r"is a directory"):
