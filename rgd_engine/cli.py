@@ -7,8 +7,10 @@ import logging
 import re
 import sys
 
-from .config import RULES, EngineConfig, GenerationConfig
-from .errors import RGDError
+from .config import RULES, EngineConfig, GenerationConfig, check_text
+from .errors import GenerationInputError, run_cli
+
+PROG = "rgd-generate"
 
 
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
@@ -20,7 +22,7 @@ def unescape(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rgd-generate", description=__doc__)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--model", default="demo", help="'demo' (SmolLM2-135M-Instruct), an HF model directory or a .gguf file")
     p.add_argument("--prompt", required=True, help="prompt text (used raw unless --chat)")
     p.add_argument("--reward-model", default=None, help="separate reward backbone (same tokenizer); default: shared trunk")
@@ -49,36 +51,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backend", default=None, help="kernel backend (default: $RGD_BACKEND or auto)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the bare continuation")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of an error (also with the environment variable RGD_DEBUG=1)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (one line on stderr; --debug or RGD_DEBUG=1 adds the traceback),
+    1 a file-system error, 130 interrupted (see errors.run_cli)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    return run_cli(PROG, lambda: _generate(args), debug=args.debug)
+
+
+def _generate(args: argparse.Namespace) -> int:
     if args.user is not None and args.heads is None and args.rule != "logratio":
-        print("rgd-generate: --user needs --heads BANK.safetensors", file=sys.stderr)
-        return 2
+        raise GenerationInputError("--user needs --heads BANK.safetensors")
     if (args.rule == "logratio") != (args.context is not None):
-        print("rgd-generate: --context goes with --rule logratio (and logratio needs it)", file=sys.stderr)
-        return 2
+        raise GenerationInputError("--context goes with --rule logratio (and logratio needs it)")
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), k=args.k, weight=args.weight,
+                           sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           seed=args.seed, rule=args.rule, n_samples=args.samples, block_size=args.block_size)
+    gen.validate()  # before loading any model
+    check_text(args.prompt, "--prompt")
+    if args.context is not None:
+        check_text(args.context, "--context")
     from .engine import Engine
 
-    try:
-        engine = Engine.from_config(EngineConfig(model=args.model, reward_model=args.reward_model, heads=args.heads,
-                                                 device=args.device, dtype=args.dtype), backend=args.backend)
-        gen = GenerationConfig(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), k=args.k, weight=args.weight,
-                               sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               seed=args.seed, rule=args.rule, n_samples=args.samples, block_size=args.block_size)
-        cond = [args.context + args.prompt] if args.rule == "logratio" else None
-        users = [None] if args.rule == "logratio" else [args.user]
-        out = engine.generate([args.prompt], users=users, config=gen, chat=args.chat, cond_prompts=cond)[0]
-    except (RGDError, ValueError) as e:
-        print(f"rgd-generate: error: {e}", file=sys.stderr)
-        return 2
+    engine = Engine.from_config(EngineConfig(model=args.model, reward_model=args.reward_model, heads=args.heads,
+                                             device=args.device, dtype=args.dtype), backend=args.backend)
+    cond = [args.context + args.prompt] if args.rule == "logratio" else None
+    users = [None] if args.rule == "logratio" else [args.user]
+    out = engine.generate([args.prompt], users=users, config=gen, chat=args.chat, cond_prompts=cond)[0]
     if args.json:
         print(json.dumps({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
                           "user": args.user, "rule": args.rule, "k": args.k, "w": args.weight, "model": args.model,
-                          "reward_model": args.reward_model, "sample": args.sample, "seed": args.seed}))
+                          "reward_model": args.reward_model, "sample": args.sample, "seed": args.seed},
+                         allow_nan=False))  # NaN / Infinity are not JSON: fail rather than print them
     else:
         print(out.text)
     return 0

@@ -16,7 +16,7 @@ version); save is atomic and load leaves the bank unchanged on any error. `load_
 from __future__ import annotations
 
 import json
-import math
+import numbers
 from pathlib import Path
 
 import torch
@@ -74,16 +74,22 @@ class _SlotBank:
         return list(self._slots)
 
     def _check(self, user: str, parts: dict) -> dict[str, torch.Tensor]:
+        """Validate one user's head and cast it to the bank's float32; nothing is written here, so a bad head
+        leaves the bank unchanged. Finiteness is checked AFTER the cast: a float64 1e300 is finite but becomes inf."""
         out = {}
         for name, shape in self.head_shapes().items():
-            t = torch.as_tensor(parts[name])
+            t = _as_tensor(user, name, parts[name])
             if not t.is_floating_point():
                 raise HeadBankError(f"head of user {user!r}: {name} must be floating point, got {t.dtype}")
             if tuple(t.shape) != shape:
                 raise HeadBankError(f"head of user {user!r}: {name} shape {tuple(t.shape)} != {shape}")
             if not torch.isfinite(t).all():
-                raise HeadBankError(f"head of user {user!r} contains NaN or inf")
-            out[name] = t
+                raise HeadBankError(f"head of user {user!r} contains NaN or inf in {name}")
+            cast = t.detach().to(torch.float32)
+            if not torch.isfinite(cast).all():
+                raise HeadBankError(f"head of user {user!r}: {name} has values beyond float32 (max |x| = "
+                                    f"{t.abs().max().item():.3g} in {t.dtype}); the bank stores float32")
+            out[name] = cast
         return out
 
     def _write(self, slot: int, parts: dict[str, torch.Tensor]):
@@ -93,6 +99,8 @@ class _SlotBank:
     def _add(self, user: str, parts: dict) -> int:
         if not isinstance(user, str) or not user:
             raise HeadBankError(f"user id must be a non-empty string, got {user!r}")
+        if not _is_utf8(user):  # the slot map is saved as UTF-8 JSON
+            raise HeadBankError(f"user id {user!r} is not valid UTF-8 text")
         if user in self._slots:
             raise HeadBankError(f"user {user!r} already has a head (slot {self._slots[user]}); use replace()")
         checked = self._check(user, parts)
@@ -150,12 +158,19 @@ class _SlotBank:
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
+        bad = self._nonfinite_users(self.tensors)
+        if bad:  # the tensors were edited directly; such a file could not be loaded again
+            raise HeadBankError(f"cannot save head bank to {str(path)!r}: heads of users {bad[:5]} contain NaN or inf")
         meta = {"format_version": FORMAT_VERSION, "kind": self.KIND, "hidden_size": str(self.hidden_size),
                 "backbone_id": self.backbone_id, "default_user": self.default_user or "",
                 "slots": json.dumps(self._slots), **self._meta()}
         tensors = {n: t.detach().cpu().contiguous() for n, t in self.tensors.items()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
+
+    def _nonfinite_users(self, tensors: dict[str, torch.Tensor], slots: dict[str, int] | None = None) -> list[str]:
+        slots = self._slots if slots is None else slots
+        return [u for u, s in slots.items() if not all(torch.isfinite(t[s]).all() for t in tensors.values())]
 
     @classmethod
     def from_file(cls, path: str | Path, device="cpu"):
@@ -201,15 +216,22 @@ class _SlotBank:
         if not isinstance(slots, dict) or any(not isinstance(s, int) or not 0 <= s < capacity for s in slots.values()) \
                 or len(set(slots.values())) != len(slots):
             raise HeadBankError(f"head bank {str(path)!r}: slot map is invalid")
-        bad = [u for u, s in slots.items() if not all(torch.isfinite(t[s]).all() for t in tensors.values())]
+        for n, t in tensors.items():
+            # Only float tensors are accepted: an integer head was not written by save() and would be cast silently.
+            if not t.is_floating_point():
+                raise HeadBankError(f"head bank {str(path)!r}: tensor {n!r} has dtype {t.dtype}; head tensors must be "
+                                    "floating point (the bank stores float32)")
+        tensors = {n: t.to(torch.float32) for n, t in tensors.items()}  # check finiteness after the cast
+        bad = self._nonfinite_users(tensors, slots)
         if bad:
-            raise HeadBankError(f"head bank {str(path)!r}: heads of users {bad[:5]} contain NaN or inf")
+            raise HeadBankError(f"head bank {str(path)!r}: heads of users {bad[:5]} contain NaN or inf "
+                                "(in float32)")
         device = self.device
         self.hidden_size = d
         self._apply_meta(meta, path)
         self.backbone_id = meta.get("backbone_id", "")
         self.default_user = meta.get("default_user") or None
-        self.tensors = {n: tensors[n].to(device=device, dtype=torch.float32) for n in shapes}
+        self.tensors = {n: tensors[n].to(device=device) for n in shapes}
         self._slots = dict(slots)
         taken = set(slots.values())
         self._free = [s for s in range(capacity - 1, -1, -1) if s not in taken]
@@ -219,6 +241,8 @@ def read_bank_file(path: Path) -> tuple[dict, dict]:
     """(metadata, tensors) of a head-bank file, with a clear error for a missing, corrupt or foreign file."""
     from safetensors import safe_open
 
+    if path.is_dir():
+        raise HeadBankError(f"head bank {str(path)!r} is a directory, not a head-bank (.safetensors) file")
     if not path.is_file():
         raise HeadBankError(f"head bank file {str(path)!r} does not exist")
     try:
@@ -258,10 +282,10 @@ class HeadBank(_SlotBank):
         return self.tensors["b"]
 
     def add(self, user: str, weight, bias: float = 0.0) -> int:
-        return self._add(user, {"W": weight, "b": _scalar(user, bias)})
+        return self._add(user, {"W": weight, "b": _bias(user, bias)})
 
     def replace(self, user: str, weight, bias: float = 0.0) -> int:
-        return self._replace(user, {"W": weight, "b": _scalar(user, bias)})
+        return self._replace(user, {"W": weight, "b": _bias(user, bias)})
 
     def head(self, user: str) -> tuple[torch.Tensor, float]:
         s = self._lookup(user)
@@ -326,11 +350,39 @@ class TokenHeadBank(_SlotBank):
         return torch.where((slots >= 0)[:, None], q, torch.zeros_like(q))
 
 
-def _scalar(user: str, bias) -> float:
-    b = float(bias)
-    if not math.isfinite(b):
-        raise HeadBankError(f"head of user {user!r} contains NaN or inf")
-    return b
+def _as_tensor(user: str, name: str, value) -> torch.Tensor:
+    """A head part given as a tensor, an array or a (nested) list of numbers -> tensor; anything else is named."""
+    if value is None or isinstance(value, (str, bytes, bool)):
+        raise HeadBankError(f"head of user {user!r}: {name} must be a float tensor, got {type(value).__name__} "
+                            f"{value!r}")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise HeadBankError(f"head of user {user!r}: {name} is not a numeric tensor ({type(value).__name__}: "
+                            f"{e})") from None
+
+
+def _bias(user: str, bias) -> torch.Tensor:
+    """A bias given as a number or a one-element tensor / array -> 0-d float64 tensor (float64 so that _check
+    sees a value that overflows float32 before the cast)."""
+    if bias is None or isinstance(bias, (str, bytes, bool)):
+        raise HeadBankError(f"head of user {user!r}: bias must be a number, got {type(bias).__name__} {bias!r}")
+    if isinstance(bias, numbers.Real):
+        return torch.tensor(float(bias), dtype=torch.float64)
+    t = _as_tensor(user, "bias", bias)
+    if t.numel() != 1:
+        raise HeadBankError(f"head of user {user!r}: bias must be a scalar, got shape {tuple(t.shape)}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise HeadBankError(f"head of user {user!r}: bias must be a real number, got dtype {t.dtype}")
+    return t.detach().reshape(()).to(torch.float64)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_bank(path: str | Path, device="cpu") -> HeadBank | TokenHeadBank:

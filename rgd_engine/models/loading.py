@@ -22,6 +22,20 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
 
 
+def check_device(device: str) -> None:
+    """Fail before loading anything when `device` is not a device this torch can use."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ModelLoadError(f"device {device!r} was requested but {why}; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r} was requested but only {torch.cuda.device_count()} CUDA "
+                             "device(s) are visible")
+
+
 def _load_hf(path: Path, gguf_file: str | None, dtype: torch.dtype, attn_implementation: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -38,6 +52,7 @@ def load_causal_lm(spec: str, dtype: str | torch.dtype = "float32", device: str 
                    attn_implementation: str = "sdpa") -> CausalLM:
     """spec: 'demo', a local HF model directory, or a .gguf file path."""
     torch_dtype = parse_dtype(dtype)
+    check_device(device)
     if spec == "demo":
         from .demo import demo_model_dir
 
