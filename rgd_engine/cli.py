@@ -21,9 +21,24 @@ def unescape(text: str) -> str:
     return re.sub(r"\\[ntr\\]", lambda m: _ESCAPES[m.group()], text)
 
 
+class _ListModels(argparse.Action):
+    """--list-models: print the model presets and exit (like --version, so --prompt is not needed)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .models.presets import format_presets
+
+        print(format_presets())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("--model", default="demo", help="'demo' (SmolLM2-135M-Instruct), an HF model directory or a .gguf file")
+    p.add_argument("--model", default="demo",
+                   help="a preset (see --list-models; 'demo' = smollm2-135m), an HF model directory or a .gguf file")
+    p.add_argument("--list-models", action=_ListModels, help="list the model presets (size, licence, provenance) and exit")
     p.add_argument("--prompt", required=True, help="prompt text (used raw unless --chat)")
     p.add_argument("--reward-model", default=None, help="separate reward backbone (same tokenizer); default: shared trunk")
     p.add_argument("--heads", default=None, help="head bank (.safetensors) with per-user reward heads")

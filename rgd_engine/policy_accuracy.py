@@ -46,15 +46,20 @@ class CandidateStates:
         return self.logprob.shape[1] - 1
 
 
-def _candidate_mask(P: int, T: int, k: int, dtype) -> torch.Tensor:
-    """Additive mask [1, 1, T*k, P+T+T*k] of the T*k candidates over the cached x o y and themselves:
-    candidate (t, j) sees x o y<t (the first P + t slots) and its own slot only."""
+def _candidate_mask(P: int, T: int, k: int, dtype, with_main: bool = False) -> torch.Tensor:
+    """Additive mask [1, 1, T*k, P+T+T*k] of the T*k candidates over x o y and themselves: candidate (t, j) sees
+    x o y<t (the first P + t slots) and its own slot only. with_main: the causal rows of x o y come first
+    ([1, 1, N, N], N = P+T+T*k: the whole tree in one cache-free forward)."""
     n = T * k
     t = torch.arange(n) // k  # step of each candidate
     allowed = torch.zeros(n, P + T + n, dtype=torch.bool)
     allowed[:, :P + T] = torch.arange(P + T)[None, :] < (P + t)[:, None]
     allowed[torch.arange(n), P + T + torch.arange(n)] = True
-    return torch.zeros(n, P + T + n, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+    if with_main:
+        main = torch.zeros(P + T, P + T + n, dtype=torch.bool)
+        main[:, :P + T] = torch.ones(P + T, P + T, dtype=torch.bool).tril()
+        allowed = torch.cat([main, allowed])
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
 
 
 def _prefix(model: CausalLM, ids: list[int]):
@@ -114,9 +119,17 @@ def prompt_candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: li
         gold_index = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(gold, k))
         # Candidate (t, j) sits at y_t's position P + t and attends to x o y<t and itself (depth-1 tree).
         pos = (P + torch.arange(T, device=dev)).repeat_interleave(k)[None]  # [1, T*k]
-        mask = _candidate_mask(P, T, k, backbone.dtype).to(dev)
-        cand = _continue(backbone, (None, cache), top_ids.reshape(-1).tolist(), position_ids=pos,
-                         attention_mask=mask)[0].view(T, k, -1)  # [T, k, d]
+        if backbone.window is None:
+            mask = _candidate_mask(P, T, k, backbone.dtype).to(dev)
+            cand = _continue(backbone, (None, cache), top_ids.reshape(-1).tolist(), position_ids=pos,
+                             attention_mask=mask)[0].view(T, k, -1)  # [T, k, d]
+        else:
+            # HF's cache keeps only the window for sliding layers, so the tree runs cache-free over x o y o C
+            # (masked_forward bands the mask per layer type).
+            ids = torch.cat([torch.tensor(prompt_ids + y, device=dev), top_ids.reshape(-1)])[None]
+            full_pos = torch.cat([torch.arange(P + T, device=dev)[None], pos], dim=1)
+            mask = _candidate_mask(P, T, k, backbone.dtype, with_main=True).to(dev)
+            cand = backbone.masked_forward(ids, full_pos, mask)[0, P + T:].view(T, k, -1)  # [T, k, d]
         states = torch.cat([cand, h_back[:, None]], dim=1).float().cpu()  # [T, k+1, d]: y_t's causal state last
         prefix = torch.cat([x_back[0][None], h_back[:-1]]).float().cpu()  # [T, d]: states of x o y<t
         cand_ids = torch.cat([top_ids, gold[:, None]], dim=1)  # [T, k+1]

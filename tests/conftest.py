@@ -35,3 +35,18 @@ def _require_extensions():
 
         if cuda._C_cuda is None:
             raise ImportError(f"RGD_REQUIRE_EXT=1 but rgd_engine._C_cuda is not importable: {cuda._IMPORT_ERROR}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: big-model tests (real presets, downloaded on first use); run with "
+                                       "RGD_SLOW=1 or -m slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `slow` tests unless RGD_SLOW=1 or the -m expression asks for them."""
+    if os.environ.get("RGD_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow test: set RGD_SLOW=1 or pass -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

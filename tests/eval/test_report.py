@@ -187,6 +187,9 @@ def test_cli_ls_and_build_data(tmp_path, capsys):
     out = capsys.readouterr().out
     assert all(m in out for m in METHODS) and "LaMP-7" in out and "lamp4_news" in out
     assert all(m in out for m in ("token-global", "token-per-user", "logratio-icl", "bon-block"))
+    for preset in ("smollm2-135m (alias demo)", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b", "Apache-2.0",
+                   "Gemma Terms of Use"):
+        assert preset in out, preset
     raw = tmp_path / "raw.jsonl"
     rows = [{"authors": f"Author {a}", "headline": f"H{a}{k}", "short_description": f"D{a}{k}",
              "date": f"2020-01-{k + 1:02d}"} for a in range(4) for k in range(5)]
