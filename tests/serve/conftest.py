@@ -1,0 +1,158 @@
+import shutil
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for tiny_models
+
+from tiny_models import make_tokenizer, save_tiny  # noqa: E402
+
+# A minimal chat template so the tiny tokenizer can serve /v1/chat/completions.
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+USERS = [f"u{i:02d}" for i in range(6)]
+TOKEN_RANK = 3
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    tok = make_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory, tiny_tokenizer):
+    """HF directories of tiny random models: llama (fast forward), gpt2 (HF forward), a second llama (separate RM)."""
+    root = tmp_path_factory.mktemp("tiny-serve")
+    return {
+        "llama": save_tiny(root / "llama", "llama", seed=1, tokenizer=tiny_tokenizer),
+        "gpt2": save_tiny(root / "gpt2", "gpt2", seed=2, tokenizer=tiny_tokenizer),
+        "rm": save_tiny(root / "rm", "llama", seed=3, hidden=48, tokenizer=tiny_tokenizer),
+    }
+
+
+def make_engine(model_dir, reward_dir=None):
+    from rgd_engine import Engine, EngineConfig
+
+    return Engine.from_config(EngineConfig(model=str(model_dir), reward_model=str(reward_dir) if reward_dir else None))
+
+
+def write_banks(engine, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A sequence bank and a token bank with heads for USERS, strong enough to change the greedy tokens."""
+    g = torch.Generator().manual_seed(seed)
+    d = engine.hidden_size
+    seq = engine.new_bank(capacity=8)
+    tok = engine.new_token_bank(rank=TOKEN_RANK, capacity=8)
+    for u in USERS:
+        seq.add(u, torch.randn(d, generator=g) * 2.0, float(torch.randn((), generator=g)))
+        tok.add(u, torch.randn(TOKEN_RANK, d, generator=g) * 0.5, torch.randn(TOKEN_RANK, d, generator=g) * 0.5)
+    folder.mkdir(parents=True, exist_ok=True)
+    seq_path, tok_path = folder / "heads.safetensors", folder / "token-heads.safetensors"
+    seq.save(seq_path)
+    tok.save(tok_path)
+    return seq_path, tok_path
+
+
+@pytest.fixture(scope="session")
+def llama_engine(tiny_dirs):
+    return make_engine(tiny_dirs["llama"])
+
+
+ADMIN = "admin-secret"
+
+
+@contextmanager
+def running_server(*cli_args: str):
+    """rgd-serve built from its command-line arguments (cli.build_state) on a free 127.0.0.1 port, in a thread;
+    stopped (lifespan shutdown included) on exit. -> (base url, ServerState)."""
+    import uvicorn
+
+    from rgd_engine.serve.app import create_app
+    from rgd_engine.serve.cli import build_parser, build_state
+
+    state = build_state(build_parser().parse_args(list(cli_args)))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("rgd-serve did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", state
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def bank_files(llama_engine, tmp_path_factory):
+    """The banks the reference runs read (never modified) and the server's copy (which it may save over)."""
+    ref_seq, ref_tok = write_banks(llama_engine, tmp_path_factory.mktemp("banks-ref"))
+    srv = tmp_path_factory.mktemp("banks-srv")
+    shutil.copy(ref_seq, srv / ref_seq.name)
+    shutil.copy(ref_tok, srv / ref_tok.name)
+    return {"ref": (ref_seq, ref_tok), "server": (srv / ref_seq.name, srv / ref_tok.name)}
+
+
+@pytest.fixture(scope="session")
+def server(tiny_dirs, bank_files):
+    seq, tok = bank_files["server"]
+    with running_server("--model", str(tiny_dirs["llama"]), "--served-model-name", "tiny", "--heads", str(seq),
+                        "--token-heads", str(tok), "--admin-token", ADMIN, "--max-batch", "16",
+                        "--max-queue", "32") as (url, state):
+        yield url, state
+
+
+class Reference:
+    """Engine.generate of one request alone, on its own engine and banks: what the server must reproduce."""
+
+    def __init__(self, engine, seq_path, tok_path):
+        from rgd_engine.heads import load_bank
+
+        self.engine = engine
+        self.banks = {"args": load_bank(seq_path), "token": load_bank(tok_path)}
+
+    def __call__(self, prompt: str, max_tokens: int, user=None, rgd=None, stop=(), chat=False, ignore_eos=False):
+        from rgd_engine import GenerationConfig
+
+        rgd = rgd or {}
+        rule = rgd.get("rule", "args")
+        cfg = GenerationConfig(max_new_tokens=max_tokens, stop=tuple(stop), k=rgd.get("k", 10),
+                               weight=float(rgd.get("w", 1.0)), rule=rule, ignore_eos=ignore_eos)
+        heads = self.banks[rule] if rgd else None
+        return self.engine.generate([prompt], users=[user if rgd else None], heads=heads, config=cfg, chat=chat)[0]
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_dirs, bank_files):
+    return Reference(make_engine(tiny_dirs["llama"]), *bank_files["ref"])
+
+
+def http_json(method: str, url: str, body=None, headers: dict | None = None, raw: bytes | None = None,
+              content_type: str = "application/json") -> tuple[int, dict, dict]:
+    """One HTTP request with the standard library -> (status, JSON body, response headers); errors included."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"null"), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null"), dict(e.headers)
