@@ -45,9 +45,7 @@ def build_state(args):
     from .head_store import HeadStore
     from .scheduler import Scheduler
 
-    engine = Engine.from_config(EngineConfig(model=args.model, reward_model=args.reward_model, device=args.device,
-                                             dtype=args.dtype), backend=args.backend)
-    banks = {}
+    banks = {}  # checked before the models load: a wrong file fails in a second, not after a minute of loading
     for path, cls, kind, flag in ((args.heads, HeadBank, "sequence", "--heads"),
                                   (args.token_heads, TokenHeadBank, "token", "--token-heads")):
         if path is None:
@@ -55,12 +53,15 @@ def build_state(args):
         bank = load_bank(path, device=args.device)
         if not isinstance(bank, cls):
             raise HeadBankError(f"{flag} {path!r} holds {bank.KIND!r} heads, not {kind!r} heads")
-        engine._check_bank(bank)
         if args.default_user is not None:
             if args.default_user not in bank:
                 raise HeadBankError(f"--default-user {args.default_user!r} has no head in {flag} {path!r}")
             bank.default_user = args.default_user
         banks[kind] = (bank, Path(path))
+    engine = Engine.from_config(EngineConfig(model=args.model, reward_model=args.reward_model, device=args.device,
+                                             dtype=args.dtype), backend=args.backend)
+    for bank, _ in banks.values():
+        engine._check_bank(bank)
     scheduler = Scheduler(engine.decoder, max_rows=args.max_batch, max_queue=args.max_queue)
     return ServerState(engine, HeadStore(banks), scheduler, args.served_model_name or args.model,
                        admin_token=args.admin_token, api_key=args.api_key)

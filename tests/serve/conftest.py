@@ -1,8 +1,5 @@
 import shutil
-import socket
 import sys
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,29 +69,12 @@ ADMIN = "admin-secret"
 def running_server(*cli_args: str):
     """rgd-serve built from its command-line arguments (cli.build_state) on a free 127.0.0.1 port, in a thread;
     stopped (lifespan shutdown included) on exit. -> (base url, ServerState)."""
-    import uvicorn
-
-    from rgd_engine.serve.app import create_app
+    from rgd_engine.serve.background import serve_in_background
     from rgd_engine.serve.cli import build_parser, build_state
 
     state = build_state(build_parser().parse_args(list(cli_args)))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("rgd-serve did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", state
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        sock.close()
+    with serve_in_background(state) as url:
+        yield url, state
 
 
 @pytest.fixture(scope="session")

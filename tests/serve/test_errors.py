@@ -102,13 +102,13 @@ def test_bad_admin_requests(server, method, path, body, headers, status, words):
         assert w in err["error"]["message"], err
 
 
-def test_admin_endpoints_disabled_without_token_and_api_key_required(tiny_dirs, bank_files, tmp_path):
+def test_api_key_no_admin_token_and_default_user(tiny_dirs, bank_files, tmp_path, reference):
     import shutil
 
     seq = tmp_path / "heads.safetensors"
     shutil.copy(bank_files["ref"][0], seq)
     with running_server("--model", str(tiny_dirs["llama"]), "--served-model-name", "tiny", "--heads", str(seq),
-                        "--api-key", "k3y") as (url, _):
+                        "--api-key", "k3y", "--default-user", "u01") as (url, _):
         got, err, _ = http_json("GET", url + "/v1/heads", None, {"Authorization": "Bearer k3y"})
         assert got == 403 and "--admin-token" in err["error"]["message"]
         got, err, _ = http_json("POST", url + "/v1/completions", GOOD)
@@ -120,6 +120,10 @@ def test_admin_endpoints_disabled_without_token_and_api_key_required(tiny_dirs, 
         got, err, _ = http_json("POST", url + "/v1/completions", {**GOOD, "user": "u01", "rgd": {"rule": "token"}},
                                 {"Authorization": "Bearer k3y"})
         assert got == 400 and "--token-heads" in err["error"]["message"]
+        rgd = {"rule": "args", "k": 4, "w": 2.0}  # an unknown user decodes with the configured default head
+        got = client.completions.create(**{**GOOD, "max_tokens": 10}, user="stranger", extra_body={"rgd": rgd})
+        assert got.model_extra["rgd"]["token_ids"] == reference(GOOD["prompt"], 10, user="u01", rgd=rgd).token_ids
+        assert got.model_extra["rgd"]["token_ids"] != reference(GOOD["prompt"], 10, user="u02", rgd=rgd).token_ids
 
 
 def test_full_queue_gets_429_and_a_disconnected_stream_frees_its_row(tiny_dirs, reference):
