@@ -3,7 +3,7 @@ their own prefill, leave when done, differ in prompt, user, w, length and stop s
 Llama forward, HF GPT-2 forward) and a separate reward backbone."""
 import pytest
 import torch
-from conftest import USERS, make_engine, write_banks
+from serve_helpers import USERS, make_engine, write_banks
 
 from rgd_engine import GenerationConfig
 from rgd_engine.heads import load_bank

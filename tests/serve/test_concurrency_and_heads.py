@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import torch
-from conftest import ADMIN, USERS, http_json
+from serve_helpers import ADMIN, USERS, http_json
 
 from rgd_engine import GenerationConfig
 from rgd_engine.heads import load_bank

@@ -2,7 +2,7 @@
 alone (token ids and text), plain and reward-guided, completions and chat, streamed and not."""
 import openai
 import pytest
-from conftest import http_json
+from serve_helpers import http_json
 
 PROMPTS = ["The quick brown", "Reward guided decoding steers", "Breaking news: the city council",
            "How to cook pasta: boil water"]

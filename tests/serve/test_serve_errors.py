@@ -6,7 +6,7 @@ import urllib.request
 
 import openai
 import pytest
-from conftest import ADMIN, http_json, running_server
+from serve_helpers import ADMIN, http_json, running_server
 
 GOOD = {"model": "tiny", "prompt": "The quick brown", "max_tokens": 4}
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 60  # > 512 positions with the tiny tokenizer
