@@ -191,7 +191,8 @@ async def _head_parts(request: Request, bank, user: str) -> tuple:
     unknown = sorted(set(body) - set(fields))
     missing = [f for f in fields if f not in body and f != "bias"]
     if unknown or missing:
-        raise ApiError(400, f"a {bank.KIND} head of user {user!r} needs fields {fields} (bias optional); "
+        raise ApiError(400, f"a {bank.KIND} head of user {user!r} needs fields {fields}"
+                            + (" (bias optional)" if "bias" in fields else "") + "; "
                             + (f"unknown {unknown}" if unknown else f"missing {missing}"), param="head")
     return tuple(body.get(f, 0.0) for f in fields)
 

@@ -2,6 +2,7 @@
 Engine.generate answer; live head updates follow the snapshot rule (a request keeps the head it was accepted
 with); head admin endpoints and the bank save."""
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -72,7 +73,16 @@ def _reference_with_head(reference, user, W, b, prompt, n, rgd):
     return reference.engine.generate([prompt], users=[user], heads=bank, config=cfg)[0].token_ids
 
 
-def test_head_swap_under_load_keeps_each_request_on_its_admission_head(server, reference):
+def test_head_swap_under_load_keeps_each_request_on_its_admission_head(server, reference, monkeypatch):
+    from rgd_engine.serve.batch import Lane
+
+    step = Lane.step
+
+    def slow_step(self):  # 15 ms a step: a 120-token request is surely still running when the head changes
+        time.sleep(0.015)
+        return step(self)
+
+    monkeypatch.setattr(Lane, "step", slow_step)
     url, state = server
     d = reference.engine.hidden_size
     g = torch.Generator().manual_seed(7)
@@ -104,6 +114,7 @@ def test_head_swap_under_load_keeps_each_request_on_its_admission_head(server, r
     first = next(chunks)
     status, deleted, _ = http_json("DELETE", url + "/v1/heads/swapper?kind=sequence", None, AUTH)
     assert status == 200 and deleted["deleted"]
+    assert state.scheduler.rows >= 1, "the request finished before the delete; the test proves nothing"
     ids = first.model_extra["rgd"]["token_ids"] + [t for c in chunks for t in c.model_extra["rgd"]["token_ids"]]
     assert ids == ref_b
     with pytest.raises(openai.NotFoundError, match="unknown user 'swapper'"):

@@ -1,5 +1,6 @@
 """Every bad input gets its status code and an OpenAI-style error JSON naming the problem; a full queue gets 429
 with Retry-After; a client that disconnects mid-stream frees its row."""
+import re
 import threading
 import time
 import urllib.request
@@ -126,7 +127,16 @@ def test_api_key_no_admin_token_and_default_user(tiny_dirs, bank_files, tmp_path
         assert got.model_extra["rgd"]["token_ids"] != reference(GOOD["prompt"], 10, user="u02", rgd=rgd).token_ids
 
 
-def test_full_queue_gets_429_and_a_disconnected_stream_frees_its_row(tiny_dirs, reference):
+def test_full_queue_gets_429_and_a_disconnected_stream_frees_its_row(tiny_dirs, reference, monkeypatch):
+    from rgd_engine.serve.batch import Lane
+
+    step = Lane.step
+
+    def slow_step(self):  # 20 ms a step: the 500-token request cannot finish before the test closes its stream
+        time.sleep(0.02)
+        return step(self)
+
+    monkeypatch.setattr(Lane, "step", slow_step)
     with running_server("--model", str(tiny_dirs["llama"]), "--served-model-name", "tiny", "--max-batch", "1",
                         "--max-queue", "1") as (url, state):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
@@ -152,6 +162,8 @@ def test_full_queue_gets_429_and_a_disconnected_stream_frees_its_row(tiny_dirs, 
             text = r.read().decode()
         assert 'rgd_requests_total{outcome="cancelled"} 1' in text
         assert 'rgd_requests_total{outcome="rejected"} 1' in text
+        generated = float(re.search(r"^rgd_generated_tokens_total (\S+)$", text, re.M).group(1))
+        assert generated < 500  # the cancelled request stopped long before its 500 tokens
         while state.scheduler.rows:  # the worker updates the count right after delivering the last token
             assert time.monotonic() < deadline
             time.sleep(0.01)
