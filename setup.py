@@ -30,12 +30,15 @@ setup(
         "rouge-score>=0.1.2",
         "rank-bm25>=0.2.2",
         "matplotlib>=3.7",
+        "fastapi>=0.165",  # rgd-serve (the versions its tests ran with)
+        "uvicorn>=0.55",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "openai>=3.63"]},  # openai: the client the rgd-serve tests drive
     entry_points={
         "console_scripts": [
             "rgd-generate=rgd_engine.cli:main",
             "rgd-eval=rgd_eval.cli:main",
+            "rgd-serve=rgd_engine.serve.cli:main",
         ]
     },
     ext_modules=extension_modules(),

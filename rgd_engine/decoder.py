@@ -59,6 +59,14 @@ class _Stream:
         self.last_hidden = hidden[:, -1]  # [B, d]: left padding puts every row's last real token here
         self.next_pos = pad_mask.long().sum(-1)  # [B]
 
+    @classmethod
+    def from_state(cls, model: CausalLM, cache, next_pos: torch.Tensor, last_hidden: torch.Tensor) -> "_Stream":
+        """A stream over an already filled cache (continuous batching assembles its batch from rows prefilled
+        alone, see rgd_engine/serve/batch.py). next_pos [B]; last_hidden [B, d]."""
+        stream = cls.__new__(cls)
+        stream.model, stream.cache, stream.next_pos, stream.last_hidden = model, cache, next_pos, last_hidden
+        return stream
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row. tokens [B] -> hidden [B, d]."""
         hidden = self.model.forward(tokens[:, None], self.next_pos[:, None], self.cache.tree_mask(1), self.cache)

@@ -24,6 +24,7 @@ class KVCache:
     def __init__(self, config, batch: int, capacity: int, device, dtype, storage: str = "hf"):
         if storage not in STORAGES:
             raise ValueError(f"unknown KV cache storage {storage!r}; choose one of {STORAGES}")
+        self.config = config
         self.storage = storage
         self.capacity = capacity
         self.length = 0
@@ -118,6 +119,37 @@ class KVCache:
                 if getattr(layer, "is_initialized", False):
                     layer.keys, layer.values = layer.keys[index], layer.values[index]
                     layer.batch_size = index.shape[0]
+
+    @classmethod
+    def from_rows(cls, sources: list[tuple["KVCache", int, int]], capacity: int) -> "KVCache":
+        """A new cache whose row i holds the last n_i committed slots of row r_i of cache c_i, for
+        sources = [(c_i, r_i, n_i)] (all of one model), right-aligned so that every row ends at
+        length = max n_i; the slots left of a row's n_i are masked like left padding.
+
+        Continuous batching (rgd_engine/serve) uses it to admit rows prefilled alone into a running batch and to drop
+        finished rows and the leading slots no remaining row uses. Copies each kept row's slots once."""
+        first = sources[0][0]
+        length = max(n for _, _, n in sources)
+        if length > capacity:
+            raise RuntimeError(f"KV cache overflow: {length} committed slots > capacity {capacity}")
+        new = cls(first.config, len(sources), capacity, first._bias.device, first.dtype, first.storage)
+        new.length = length
+        for i, (src, r, n) in enumerate(sources):
+            new._bias[i, length - n:length] = src._bias[r, src.length - n:src.length]
+        if new.kv is not None:
+            for i, (src, r, n) in enumerate(sources):
+                new.kv[:, :, i, :, length - n:length] = src.kv[:, :, r, :, src.length - n:src.length]
+            return new
+        for j, layer in enumerate(new.hf.layers):
+            ref = first.hf.layers[j]
+            shape = (len(sources), ref.keys.shape[1], 1)
+            layer.lazy_initialization(ref.keys.new_zeros((*shape, ref.keys.shape[3])),
+                                      ref.values.new_zeros((*shape, ref.values.shape[3])))
+            for i, (src, r, n) in enumerate(sources):
+                layer.keys[i, :, length - n:length] = src.hf.layers[j].keys[r, :, src.length - n:src.length]
+                layer.values[i, :, length - n:length] = src.hf.layers[j].values[r, :, src.length - n:src.length]
+            layer.cumulative_length.fill_(length)  # HF writes the next token's K/V at this slot
+        return new
 
     def nbytes(self) -> int:
         if self.kv is not None:
