@@ -79,6 +79,74 @@ def _continue(model: CausalLM, prefix, ids: list[int], **kw) -> torch.Tensor:
                       **kw).last_hidden_state[0], cache
 
 
+class _HFPrompt:
+    """A prompt x in an HF DynamicCache (every architecture): each response continues a copy of it, and its tree
+    continues a copy of x o y. Models with sliding-window layers run the tree cache-free over x o y o C instead,
+    since HF's cache keeps only the window for those layers (masked_forward bands the mask per layer type)."""
+
+    def __init__(self, model: CausalLM, ids: list[int], room: int):
+        self.model, self.ids = model, ids
+        self.last, self.cache = _prefix(model, ids)  # [d], cache of x
+
+    def extend(self, y: list[int]) -> torch.Tensor:
+        """-> [T, d] states of x o y_<=t; x o y stays ready for tree()."""
+        self.y = y
+        h, self.tail = _continue(self.model, (None, self.cache), y)
+        return h
+
+    def tree(self, cand: torch.Tensor) -> torch.Tensor:
+        """cand [T, k] candidate ids after x o y (from extend) -> [T*k, d] tree states."""
+        P, (T, k), dev = len(self.ids), cand.shape, self.model.device
+        pos = (P + torch.arange(T, device=dev)).repeat_interleave(k)[None]  # [1, T*k]: candidate (t, j) at P + t
+        if self.model.window is None:
+            mask = _candidate_mask(P, T, k, self.model.dtype).to(dev)
+            return _continue(self.model, (None, self.tail), cand.reshape(-1).tolist(), position_ids=pos,
+                             attention_mask=mask)[0]
+        ids = torch.cat([torch.tensor(self.ids + self.y, device=dev), cand.reshape(-1)])[None]
+        full_pos = torch.cat([torch.arange(P + T, device=dev)[None], pos], dim=1)
+        mask = _candidate_mask(P, T, k, self.model.dtype, with_main=True).to(dev)
+        return self.model.masked_forward(ids, full_pos, mask)[0, P + T:]
+
+
+class _FastPrompt:
+    """A prompt x forwarded once into the engine's tensor KV cache by the fast Llama-family forward: each
+    response y is written into the slots after x (overwriting the previous response's), its tree after x o y,
+    so nothing is copied and every forward is one fused-weight pass."""
+
+    def __init__(self, model: CausalLM, ids: list[int], room: int):
+        self.model, self.P = model, len(ids)
+        self.cache = model.new_cache(1, self.P + room)
+        self.last = self._causal(ids, 0)[-1]  # [d]
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+        """ids [1, q] written at slots [start, start + q), mask [1, 1, q, start + q] -> hidden [q, d]."""
+        self.cache.length = start  # the tensor forward writes K/V at slots [length, length + q)
+        return self.model.forward(ids, pos, mask, self.cache)[0]
+
+    def _causal(self, ids: list[int], start: int) -> torch.Tensor:
+        """ids appended causally after slots [0, start) -> [len(ids), d]."""
+        n, dev = len(ids), self.model.device
+        allowed = torch.ones(n, start + n, dtype=torch.bool).tril(start)  # query i sees slots <= start + i
+        mask = torch.zeros(n, start + n, dtype=self.model.dtype).masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
+        return self._forward(torch.tensor([ids], device=dev), torch.arange(start, start + n, device=dev)[None],
+                             mask[None, None].to(dev), start)
+
+    def extend(self, y: list[int]) -> torch.Tensor:
+        self.T = len(y)
+        return self._causal(y, self.P)
+
+    def tree(self, cand: torch.Tensor) -> torch.Tensor:
+        (T, k), dev = cand.shape, self.model.device
+        pos = (self.P + torch.arange(T, device=dev)).repeat_interleave(k)[None]  # [1, T*k]
+        mask = _candidate_mask(self.P, T, k, self.model.dtype).to(dev)
+        return self._forward(cand.reshape(1, -1), pos, mask, self.P + T)
+
+
+def _prompt(model: CausalLM, ids: list[int], room: int):
+    """x cached for responses (and trees) of up to `room` more tokens, in the storage of the model's forward."""
+    return (_FastPrompt if model.fast is not None else _HFPrompt)(model, ids, room)
+
+
 @torch.inference_mode()
 def candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: list[int], response_ids: list[int],
                      k: int, backend: str | None = None, cond_prompt_ids: list[int] | None = None) -> CandidateStates:
@@ -92,25 +160,27 @@ def prompt_candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: li
                             responses: list[list[int]], k: int, backend: str | None = None,
                             cond_prompt_ids: list[int] | None = None) -> list[CandidateStates]:
     """candidate_states of several responses to one prompt (a pair's chosen and rejected). The prompt x (and the
-    conditioned prompt c_u o x) is forwarded once and shared through its KV cache; per response y, x o y continues
-    that cache, and the T*k candidates are one more cached forward with a tree mask."""
+    conditioned prompt c_u o x) is forwarded once and shared through its KV cache (`_prompt`: the engine's tensor
+    cache under the fast forward, else an HF cache); per response y, x o y continues that cache, and the T*k
+    candidates are one more cached forward with a tree mask."""
     if any(not r for r in responses):
         raise ValueError("policy accuracy needs a non-empty response (0 tokens)")
     if not prompt_ids:
         raise ValueError("policy accuracy needs a non-empty prompt (0 tokens)")
     if cond_prompt_ids is not None and not cond_prompt_ids:
         raise ValueError("the conditioned prompt is empty (0 tokens)")
-    dev, P = policy.device, len(prompt_ids)
+    dev = policy.device
     shared = backbone is policy
-    x_back = _prefix(backbone, prompt_ids)
-    x_pol = x_back if shared else _prefix(policy, prompt_ids)
-    c_pol = _prefix(policy, cond_prompt_ids) if cond_prompt_ids is not None else None
+    T_max = max(len(r) for r in responses)
+    x_back = _prompt(backbone, prompt_ids, T_max * (k + 1))
+    x_pol = x_back if shared else _prompt(policy, prompt_ids, T_max)
+    c_pol = _prompt(policy, cond_prompt_ids, T_max) if cond_prompt_ids is not None else None
     out = []
     for y in responses:
         T = len(y)
-        h_back, cache = _continue(backbone, x_back, y)  # [T, d]: states of x o y_<=t, cache of x o y
-        h_pol = h_back if shared else _continue(policy, x_pol, y)[0]
-        before = torch.cat([x_pol[0][None], h_pol[:-1]])  # [T, d]: the states that predict y_1..y_T
+        h_back = x_back.extend(y)  # [T, d]: states of x o y_<=t
+        h_pol = h_back if shared else x_pol.extend(y)
+        before = torch.cat([x_pol.last[None], h_pol[:-1]])  # [T, d]: the states that predict y_1..y_T
         top_lp, top_ids, lse = lmhead_topk(before, policy.lm_head_weight, k, backend=backend)  # [T, k] x2, [T]
         gold = torch.tensor(y, device=dev)  # [T]
         gold_logit = (before.float() * policy.lm_head_weight[gold].float()).sum(-1)  # [T]
@@ -118,25 +188,14 @@ def prompt_candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: li
         hit = top_ids == gold[:, None]  # [T, k]
         gold_index = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(gold, k))
         # Candidate (t, j) sits at y_t's position P + t and attends to x o y<t and itself (depth-1 tree).
-        pos = (P + torch.arange(T, device=dev)).repeat_interleave(k)[None]  # [1, T*k]
-        if backbone.window is None:
-            mask = _candidate_mask(P, T, k, backbone.dtype).to(dev)
-            cand = _continue(backbone, (None, cache), top_ids.reshape(-1).tolist(), position_ids=pos,
-                             attention_mask=mask)[0].view(T, k, -1)  # [T, k, d]
-        else:
-            # HF's cache keeps only the window for sliding layers, so the tree runs cache-free over x o y o C
-            # (masked_forward bands the mask per layer type).
-            ids = torch.cat([torch.tensor(prompt_ids + y, device=dev), top_ids.reshape(-1)])[None]
-            full_pos = torch.cat([torch.arange(P + T, device=dev)[None], pos], dim=1)
-            mask = _candidate_mask(P, T, k, backbone.dtype, with_main=True).to(dev)
-            cand = backbone.masked_forward(ids, full_pos, mask)[0, P + T:].view(T, k, -1)  # [T, k, d]
+        cand = x_back.tree(top_ids).view(T, k, -1)  # [T, k, d]
         states = torch.cat([cand, h_back[:, None]], dim=1).float().cpu()  # [T, k+1, d]: y_t's causal state last
-        prefix = torch.cat([x_back[0][None], h_back[:-1]]).float().cpu()  # [T, d]: states of x o y<t
+        prefix = torch.cat([x_back.last[None], h_back[:-1]]).float().cpu()  # [T, d]: states of x o y<t
         cand_ids = torch.cat([top_ids, gold[:, None]], dim=1)  # [T, k+1]
         cond = None
         if c_pol is not None:
-            h_c = _continue(policy, c_pol, y)[0]  # [T, d]
-            h_c = torch.cat([c_pol[0][None], h_c[:-1]]).float()  # [T, d]: states that predict y_t given c_u o x
+            h_c = c_pol.extend(y)  # [T, d]
+            h_c = torch.cat([c_pol.last[None], h_c[:-1]]).float()  # [T, d]: states that predict y_t given c_u o x
             logits = h_c @ policy.lm_head_weight.float().t()  # [T, V]: T is a short response, so this stays small
             cond = torch.log_softmax(logits, -1).gather(1, cand_ids.to(h_c.device)).cpu()
         out.append(CandidateStates(logprob.float().cpu(), states, gold_index.cpu(), cand_ids.cpu(), prefix, cond))
