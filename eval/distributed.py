@@ -81,7 +81,7 @@ class Workers:
     world: int = 1
     local_rank: int = 0
     complete: bool = True      # map_chunks must return every chunk (computing any that is missing)
-    _others_counts: list = field(default_factory=list)
+    _others_counts: list = field(default_factory=list, repr=False)  # rank 0: the other ranks' cache counts
 
     @classmethod
     def start(cls, args) -> "Workers":

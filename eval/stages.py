@@ -205,9 +205,10 @@ class StageCache:
             missing = [j for j in others if j not in values]
             if missing and w.mode == "shard":
                 raise ShardPending(
-                    f"shard {w.rank}/{w.world} stops at stage {stage.name!r}: {len(missing)} of its {len(chunks)} "
-                    "chunks belong to other shards and are not in the cache yet, and a later stage reads them; "
-                    "rerun this shard once the others are done, or finish with a plain `rgd-eval run`")
+                    f"shard {w.rank}/{w.world} stops at stage {stage.name!r} (having computed "
+                    f"{sum(self.computed.values())} chunks): {len(missing)} of the stage's {len(chunks)} chunks "
+                    "belong to other shards and are not in the cache yet, and a later stage reads them; rerun this "
+                    "shard once the others are done, or finish with a plain `rgd-eval run`")
             for j in missing:  # torchrun: only if the owner's file is not visible here (or was damaged)
                 log.warning("%s: chunk %s is missing after the barrier; computing it here", stage.name, paths[j])
                 values[j] = self._compute(stage, keys[j], paths[j], lambda c=chunks[j]: compute(c))
