@@ -127,7 +127,7 @@ class Workers:
             print(f"rgd-eval: {self.world} ranks; ranks > 0 log to {Path(args.output_dir) / 'logs'}", flush=True)
 
     def _log_to_file(self, run_dir: Path) -> None:
-        """Ranks > 0: INFO lines (chunks computed, stage boundaries) to RUN_DIR/logs/rank-R.log, warnings also to
+        """Ranks > 0: INFO lines (each chunk computed, the end) to RUN_DIR/logs/rank-R.log, warnings also to
         stderr; rank 0 keeps the console and its progress bars."""
         if self.rank == 0:
             return
