@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .analysis import analyse
+from .distributed import ShardPending, Workers
 from .errors import DataError
 from .features import features_by_user
 from .lamp import LaMPDataset, load_lamp
@@ -57,9 +58,11 @@ STAGES = {s.name: s for s in (
                                   "(sequence heads) and at every response prefix (token heads)", "torch"),
     Stage("trees", MODEL_ARGS + ("k",), "teacher-forced candidate trees of the query pairs (policy accuracy)",
           "torch"),
-    Stage("generation", GEN_ARGS, "zero-shot and ICL greedy generation"),
-    Stage("generation-guided", GEN_ARGS + ("k",), "reward-guided generation (args, token, logratio)"),
-    Stage("generation-bon", GEN_ARGS, "blockwise best-of-N generation (its sampling settings in the inputs)"),
+    Stage("generation", GEN_ARGS, "zero-shot and ICL greedy generation", terminal=True),
+    Stage("generation-guided", GEN_ARGS + ("k",), "reward-guided generation (args, token, logratio)",
+          terminal=True),
+    Stage("generation-bon", GEN_ARGS, "blockwise best-of-N generation (its sampling settings in the inputs)",
+          terminal=True),
 )}
 
 
@@ -72,12 +75,14 @@ class Row:
 
 
 class Study:
-    """One run: its arguments, run folder, stage cache and (lazily) the engine."""
+    """One run: its arguments, run folder, this process's place among the run's workers, stage cache and
+    (lazily) the engine."""
 
-    def __init__(self, args):
+    def __init__(self, args, workers: Workers | None = None):
         self.args = args
         self.run_dir = Path(args.output_dir)
-        self.cache = StageCache(self.run_dir, args)
+        self.workers = workers or Workers()
+        self.cache = StageCache(self.run_dir, args, self.workers)
         self._engine = None
         self.timings: dict[str, float] = {}
 
@@ -88,7 +93,8 @@ class Study:
 
             a = self.args
             self._engine = Engine.from_config(EngineConfig(model=a.model, reward_model=a.reward_model,
-                                                           device=a.device, dtype=a.dtype), backend=a.backend)
+                                                           device=self.workers.device(a.device), dtype=a.dtype),
+                                              backend=a.backend)
         return self._engine
 
     def timed(self, name: str, fn, *args, **kwargs):
@@ -405,7 +411,8 @@ def generation_systems(study: Study, ds: LaMPDataset, pref: PrefLaMP, fitted: di
                 bank = eng.new_token_bank(rank=next(iter(heads.values()))[0].shape[0], capacity=max(1, len(test_users)))
                 for u in test_users:
                     bank.add(u, *heads[u])
-            bank.save(bank_dir / f"{name}.safetensors")
+            if study.workers.complete:  # the process that writes the outputs (not a shard, not a rank > 0)
+                bank.save(bank_dir / f"{name}.safetensors")
         if "bon-block" in a.rules and name in a.bon_methods:
             systems[f"bon-block/{name}"] = (study.generate(
                 "generation-bon", user_rows, f"bon-block/{name}", bank=bank, heads=f["test"], rule="bon-block",
@@ -426,8 +433,22 @@ def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     t0 = time.time()
     check_args(args)
+    workers = Workers.start(args)
+    try:
+        return run_study(args, workers, t0)
+    except ShardPending as e:
+        print(f"rgd-eval: {e}")
+        return 0
+    finally:
+        workers.close()
+
+
+def run_study(args, workers: Workers, t0: float) -> int:
+    """The stages in order. Several workers (rgd_eval.distributed) each compute their share of the chunked stages;
+    the global steps in between run on rank 0 and are broadcast; after the generation systems the workers merge
+    and only the one that writes the outputs goes on."""
     torch.manual_seed(args.seed)
-    study = Study(args)
+    study = Study(args, workers)
     ds = study.timed("data", load_data, args)
     pref, prompts = study.timed("pairs", build_pairs, study, ds)
     row = {p.pair_id: i for i, p in enumerate(pref.pairs)}
@@ -441,7 +462,7 @@ def run(args) -> int:
     def tok_feats(split, kind):
         return token_features_by_user(pref.select(split, kind), tok)
 
-    fitted = study.timed("reward models", fit_reward_models, args, pref, seq_feats, tok_feats)
+    fitted = study.timed("reward models", workers.on_rank0, fit_reward_models, args, pref, seq_feats, tok_feats)
     query_pairs = pref.select(kind="query")
     conds = None
     if "logratio" in args.rules:
@@ -449,8 +470,13 @@ def run(args) -> int:
                  for p in query_pairs}
     trees = study.timed("trees", compute_trees, study, query_pairs, prompts, conds)
     emb = study.engine.backbone.lm_head_weight.detach().float().cpu()
-    evals = study.timed("policy accuracy", evaluate_configs, study, pref, fitted, seq_feats, tok_feats, trees, emb)
+    evals = study.timed("policy accuracy", workers.on_rank0, evaluate_configs, study, pref, fitted, seq_feats,
+                        tok_feats, trees, emb)
     systems = study.timed("generation", generation_systems, study, ds, pref, fitted, evals)
+    if not workers.complete:  # each worker generated its own chunks only
+        if not workers.merge(study.cache):
+            return 0
+        systems = study.timed("generation", generation_systems, study, ds, pref, fitted, evals)  # from the cache
     users_of = {q.id: q.user_id for q in ds.splits["test"]}
     golds = {q.id: q.gold for q in ds.splits["test"] if q.id in systems["zero-shot"]["predictions"]}
     scores = {s: score_generation(v["predictions"], golds, users_of, n_boot=args.n_boot, seed=args.seed)
@@ -461,7 +487,8 @@ def run(args) -> int:
     n_params = sum(p.numel() for p in study.engine.policy.hf_model.parameters())
     results = study.timed("analysis", analyse, args, ds, pref, evals, scores, n_params, backend)
     results["config"]["stage_seconds"] = study.timings
-    results["config"]["cache"] = {"computed": study.cache.computed, "reused": study.cache.reused}
+    results["config"]["cache"] = workers.cache_counts(study.cache)
+    results["config"]["processes"] = workers.world
     results["config"]["elapsed_s"] = round(time.time() - t0, 1)
     for path in write_outputs(study.run_dir, results, pref, prompts, systems, golds, users_of, conds, scores):
         print(f"wrote {path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from .distributed import parse_shard
 from .errors import RunArgumentError
 from .lamp import DEFAULT_LAMP_DIR
 from .preferences import REJECTED_SOURCES
@@ -44,6 +45,7 @@ UNCACHED = {
     "device": "every device computes the same results within the parity tests' tolerance",
     "backend": "every kernel backend computes the same results (parity-tested)",
     "debug": "error reporting only",
+    "shard": "selects which chunks this process computes; chunk keys do not depend on who computes them",
 }
 
 
@@ -93,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="policy accuracy: S(y) is the mean (default) or the sum of log pi~(y_t)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
     p.add_argument("--backend", default=None, help="kernel backend (default: $RGD_BACKEND or auto)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only shard I of N's chunks of every chunked stage into the run folder's cache and "
+                        "exit (job arrays; docs/distributed.md); a plain run afterwards merges them")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
@@ -113,6 +118,8 @@ def check_args(args) -> None:
         if v is not None and v < lo:
             raise RunArgumentError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
 
+    if args.shard is not None:
+        parse_shard(args.shard)
     for name, lo in (("users", 2), ("max_profile_pairs", 1), ("min_profile_pairs", 1), ("icl_n", 1), ("k", 1),
                      ("max_new_tokens", 1), ("batch_size", 1), ("n_boot", 10), ("n_perm", 10), ("bon_samples", 1),
                      ("bon_block_size", 1)):

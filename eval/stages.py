@@ -5,7 +5,8 @@ A `Stage` declares the run arguments it reads (`reads`). Its cache key is those 
 - changing an argument a stage reads, or anything upstream that changes its inputs, recomputes it;
 - changing an argument it does not read reuses it (a test walks every argument of `rgd-eval run`);
 - a chunk's key depends only on the chunk's own inputs, never on who computes it or in which order
-  (the unit of resumption, and of sharding across processes).
+  (the unit of resumption, and of sharding across processes: `map_chunks` computes the chunks this process owns,
+  rgd_eval.distributed).
 
 Cache files are `RUN_DIR/cache/{stage}/{chunk key}.{json|pt}`: a header line with the payload's length and
 sha256, then the payload (JSON, or a `torch.save` archive loaded with weights_only=True), written atomically.
@@ -18,6 +19,7 @@ import io
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -26,6 +28,8 @@ import torch
 from tqdm import tqdm
 
 from rgd_engine.atomic import atomic_write
+
+from .distributed import ShardPending, Workers
 
 log = logging.getLogger("rgd_eval")
 CACHE_FORMAT = 2  # bump when the on-disk record layout changes
@@ -37,6 +41,9 @@ class Stage:
     reads: tuple[str, ...]   # `rgd-eval run` argument names (argparse dests) whose values change the output
     doc: str
     fmt: str = "json"        # "json" or "torch" (tensors)
+    # True when no later stage reads its output (only the final global steps do): several workers then need not
+    # wait for each other's chunks of it (rgd_eval.distributed)
+    terminal: bool = False
 
     def __post_init__(self):
         if self.fmt not in ("json", "torch"):
@@ -106,11 +113,13 @@ def read_record(path: Path, fmt: str) -> dict:
 
 
 class StageCache:
-    """The run folder's cache: one file per (stage, chunk key); counts hits and computations per stage."""
+    """The run folder's cache: one file per (stage, chunk key); counts hits and computations per stage.
+    workers (rgd_eval.distributed): which chunks this process computes when several processes share the run."""
 
-    def __init__(self, run_dir: str | os.PathLike, args):
+    def __init__(self, run_dir: str | os.PathLike, args, workers: Workers | None = None):
         self.root = Path(run_dir) / "cache"
         self.args = args
+        self.workers = workers or Workers()
         self.computed: dict[str, int] = {}
         self.reused: dict[str, int] = {}
 
@@ -122,19 +131,24 @@ class StageCache:
         return key_of({"stage": stage.name, "args": {a: getattr(self.args, a) for a in stage.reads},
                        "inputs": inputs})
 
-    def get(self, stage: Stage, inputs: dict, compute: Callable[[], Any]) -> Any:
-        """compute()'s value for this stage and these inputs, from the cache when a valid copy exists."""
-        key = self.key(stage, inputs)
-        path = self.root / stage.name / f"{key_hash(key)}.{'json' if stage.fmt == 'json' else 'pt'}"
+    def path(self, stage: Stage, key: dict) -> Path:
+        return self.root / stage.name / f"{key_hash(key)}.{'json' if stage.fmt == 'json' else 'pt'}"
+
+    def _read(self, stage: Stage, key: dict, path: Path) -> tuple[bool, Any]:
+        """(True, value) from a valid copy in the cache; (False, None) if there is none (a file that is not a
+        valid copy is named in a warning, to be recomputed)."""
         if path.exists():
             try:
                 record = read_record(path, stage.fmt)
                 if record.get("key") == key:
                     self.reused[stage.name] = self.reused.get(stage.name, 0) + 1
-                    return record["value"]
+                    return True, record["value"]
                 log.warning("cache file %s stores another key; recomputing it", path)
             except Exception as e:  # any unreadable file is recomputed, never trusted
                 log.warning("cache file %s is unreadable (%s); recomputing it", path, e)
+        return False, None
+
+    def _compute(self, stage: Stage, key: dict, path: Path, compute: Callable[[], Any]) -> Any:
         value = compute()
         if stage.fmt == "json":
             value = json.loads(json.dumps(value, allow_nan=False))  # what a later cache hit returns
@@ -142,16 +156,64 @@ class StageCache:
         self.computed[stage.name] = self.computed.get(stage.name, 0) + 1
         return value
 
+    def get(self, stage: Stage, inputs: dict, compute: Callable[[], Any]) -> Any:
+        """compute()'s value for this stage and these inputs, from the cache when a valid copy exists."""
+        key = self.key(stage, inputs)
+        path = self.path(stage, key)
+        found, value = self._read(stage, key, path)
+        return value if found else self._compute(stage, key, path, compute)
+
     def map_chunks(self, stage: Stage, items: list, size: int, inputs_of: Callable[[list], dict],
                    compute: Callable[[list], Any], desc: str | None = None) -> list:
         """Run `compute(chunk)` over consecutive chunks of `items` (each cached under `inputs_of(chunk)`),
-        with a progress bar over items; returns the per-chunk values in order."""
-        out = []
-        with tqdm(total=len(items), desc=desc or stage.name, unit="item", leave=False) as bar:
-            for chunk in chunked(items, size):
-                out.append(self.get(stage, inputs_of(chunk), lambda chunk=chunk: compute(chunk)))
-                bar.update(len(chunk))
-        return out
+        with a progress bar over items; returns the per-chunk values in order.
+
+        Under several workers (rgd_eval.distributed) this process computes only the chunks it owns, then
+        - a stage a later stage reads: returns every chunk, after a barrier (torchrun), or raises ShardPending
+          while another shard's chunk is missing (--shard);
+        - a terminal stage (no later stage reads it): returns this process's own chunks only, without waiting;
+          rank 0 reads them all after Workers.merge."""
+        w = self.workers
+        chunks = list(chunked(items, size))
+        keys = [self.key(stage, inputs_of(c)) for c in chunks]
+        paths = [self.path(stage, k) for k in keys]
+        values: dict[int, Any] = {}
+        mine = w.owns(len(chunks), paths[0].stem) if chunks else []
+        with tqdm(total=len(items), desc=desc or stage.name, unit="item", leave=False,
+                  disable=w.mode == "torchrun" and w.rank != 0) as bar:
+            def progress():  # items of the chunks done by any worker: own values, the others' files
+                if not bar.disable:
+                    bar.update(sum(len(c) for j, c in enumerate(chunks)
+                                   if j in values or (w.world > 1 and paths[j].exists())) - bar.n)
+
+            for j in mine:
+                found, values[j] = self._read(stage, keys[j], paths[j])
+                if not found:
+                    t = time.time()
+                    values[j] = self._compute(stage, keys[j], paths[j], lambda c=chunks[j]: compute(c))
+                    log.info("%s: chunk %d of %d (%d items) computed in %.1f s", desc or stage.name, j + 1,
+                             len(chunks), len(chunks[j]), time.time() - t)
+                progress()
+            if stage.terminal or w.complete:
+                return [values[j] for j in mine]
+            w.barrier(progress)  # torchrun: every rank's share of this stage is in the cache
+            others = [j for j in range(len(chunks)) if j not in values]
+            for j in others:
+                found, value = self._read(stage, keys[j], paths[j])
+                if found:
+                    values[j] = value
+            missing = [j for j in others if j not in values]
+            if missing and w.mode == "shard":
+                raise ShardPending(
+                    f"shard {w.rank}/{w.world} stops at stage {stage.name!r} (having computed "
+                    f"{sum(self.computed.values())} chunks): {len(missing)} of the stage's {len(chunks)} chunks "
+                    "belong to other shards and are not in the cache yet, and a later stage reads them; rerun this "
+                    "shard once the others are done, or finish with a plain `rgd-eval run`")
+            for j in missing:  # torchrun: only if the owner's file is not visible here (or was damaged)
+                log.warning("%s: chunk %s is missing after the barrier; computing it here", stage.name, paths[j])
+                values[j] = self._compute(stage, keys[j], paths[j], lambda c=chunks[j]: compute(c))
+            progress()
+        return [values[j] for j in range(len(chunks))]
 
 
 def chunked(items: list, size: int) -> Iterable[list]:
