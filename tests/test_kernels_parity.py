@@ -419,6 +419,34 @@ def test_score_select_all_neg_inf_row_chooses_zero(name, mode, device):
     assert bool(((chosen >= 0) & (chosen < 10)).all())
 
 
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("mode", (reference.GREEDY, reference.SAMPLE))
+def test_neg_inf_logprob_with_pos_inf_reward_is_the_same_rule_in_both_ops(name, mode, device):
+    """logprob -inf and reward +inf (w > 0) scores -inf, never nan, and is never chosen: score_select and
+    gather_score_select alike (gather gets its +inf reward from the ratio term, score_select from its head)."""
+    mod = backend_module(name, device)
+    B, k, d = 3, 4, 64
+    cand, bank_w, bank_b, _, logprob, weight, rand = [t.cpu() for t in score_inputs(B, k, d, device)]
+    slot = torch.zeros(B, dtype=torch.int64)
+    bank_w[0] = bank_w[0].abs() + 0.1  # positive head: an inf feature gives a +inf reward
+    cand[:, 1] = 0.0
+    cand[:, 1, 3] = math.inf  # candidate 1 of every row: reward +inf ...
+    logprob = -torch.rand(B, k) - 0.1
+    logprob[:, 1] = -math.inf  # ... and outside the policy's support
+    weight = torch.rand(B) + 0.5
+    inputs = [t.to(device) for t in (cand, bank_w, bank_b, slot, logprob, weight, rand)]
+    chosen, scores, rewards = [t.cpu() for t in mod.score_select(*inputs[:6], mode, 0.7, inputs[6])]
+    assert bool(rewards[:, 1].isposinf().all()), rewards
+    assert bool((scores[:, 1] == -math.inf).all()) and not bool(scores.isnan().any()), scores
+    assert bool((chosen != 1).all()), chosen
+    query, emb, cand_ids, offset, _, _, _ = gather_inputs(B, 111, d, k, device)
+    g_chosen, g_scores, g_rewards = [t.cpu() for t in mod.gather_score_select(
+        query, emb, cand_ids, offset, inputs[4], inputs[5], 1.0, mode, 0.7, inputs[6])]
+    assert bool(g_rewards[:, 1].isposinf().all()), g_rewards
+    assert bool((g_scores[:, 1] == -math.inf).all()) and not bool(g_scores.isnan().any()), g_scores
+    assert bool((g_chosen != 1).all()), g_chosen
+
+
 @pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")  # the interpreter's numpy max
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("name", BACKENDS)

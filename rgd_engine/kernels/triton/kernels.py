@@ -121,6 +121,7 @@ def score_select_kernel(cand_ptr, bank_w_ptr, bank_b_ptr, slot_ptr, logprob_ptr,
     """ARGS score + select; one program = BLOCK_R rows b, each with head u = slot[b].
 
     r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
+    -inf rule (as gather_score_select_kernel): logprob_j = -inf -> s_j = -inf whatever weight_b and r_j.
     greedy: first argmax of s.  sample: p_j = exp((s_j - max s) / tau), chosen = first j with
     cumsum(p)_j > rand_b * sum(p); no hit (rounding) -> last j with p_j > 0.
     """
@@ -146,7 +147,8 @@ def score_select_kernel(cand_ptr, bank_w_ptr, bank_b_ptr, slot_ptr, logprob_ptr,
     r = tl.where(has_head[:, None], acc + bias[:, None], 0.0)
     lp = tl.load(logprob_ptr + row_k, mask=rk_ok, other=0.0)
     wb = tl.load(weight_ptr + offs_r, mask=r_ok, other=0.0)
-    s = lp + wb[:, None] * r
+    out_of_support = lp == float("-inf")
+    s = tl.where(out_of_support, float("-inf"), lp + wb[:, None] * tl.where(out_of_support, 0.0, r))
     tl.store(rewards_ptr + row_k, r, mask=rk_ok)
     tl.store(scores_ptr + row_k, s, mask=rk_ok)
     if SAMPLE:
