@@ -107,12 +107,12 @@ class Decoder:
         if any(len(p) == 0 for p in prompts):
             raise ValueError(f"prompt {[len(p) for p in prompts].index(0)} is empty (no tokens)")
         check_rule_inputs(cfg.rule, bank, cond_prompts, B)
+        slots = torch.full((B,), -1, dtype=torch.int64, device=dev) if slots is None else slots.to(dev)
+        weights = torch.full((B,), float(cfg.weight), device=dev) if weights is None else weights.to(dev).float()
         if cfg.rule == "bon-block":
             from .bon_block import generate_bon_block
 
-            return generate_bon_block(self, prompts, cfg, bank, slots, users)
-        slots = torch.full((B,), -1, dtype=torch.int64, device=dev) if slots is None else slots.to(dev)
-        weights = torch.full((B,), float(cfg.weight), device=dev) if weights is None else weights.to(dev).float()
+            return generate_bon_block(self, prompts, cfg, bank, slots, weights, users)
         if cfg.rule == "logratio":
             guided = bool((weights != 0).any())
         else:
