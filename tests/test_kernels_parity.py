@@ -1,6 +1,6 @@
 """Every available kernel backend against the independent torch reference (float64 where useful).
 
-Inputs are fresh random tensors in every test. Device: env RGD_TEST_DEVICE (default cpu). The fused
+Inputs are fresh random tensors in every test (seeded by `fresh_seed`, which prints the seed). Device: env RGD_TEST_DEVICE (default cpu). The fused
 backends (cpp, triton, cuda) and the torch backend run the full shape grid except triton on CPU, which runs in
 the interpreter and gets a subset (INTERP_GRID, INTERP_SCORE_GRID) that still covers every listed value of B, V, d and k.
 """
@@ -10,6 +10,8 @@ import os
 
 import pytest
 import torch
+
+from seeding import fresh_seed  # noqa: F401  (autouse: a printed fresh seed per test)
 
 from rgd_engine.kernels import dispatch, reference
 
@@ -129,7 +131,7 @@ INTERP_SCORE_GRID = [(1, 64, 64), (3, 10, 576), (17, 4, 64), (17, 1, 576)]
 
 
 def score_inputs(B, k, d, device, U=5):
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh but reproducible from the failure message
+    g = torch.default_generator  # seeded per test by fresh_seed (printed on failure)
     cand = torch.randn(B, k, d, generator=g)
     bank_w = torch.randn(U, d, generator=g) / math.sqrt(d)
     bank_b = torch.randn(U, generator=g)
@@ -257,7 +259,7 @@ RATIOS = (0.0, 1.0)  # the `token` rule (0) and the `logratio` rule (1)
 
 
 def gather_inputs(B, V, d, k, device):
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh but reproducible from the failure message
+    g = torch.default_generator  # seeded per test by fresh_seed (printed on failure)
     query = torch.randn(B, d, generator=g) / math.sqrt(d)  # the scale goes on the small side of the dot
     emb = torch.randn(V, d, generator=g)
     cand_ids = torch.randint(0, V, (B, k), generator=g)
@@ -345,7 +347,7 @@ def neg_inf_gather_inputs(device, B=17, V=111, d=64, k=10):
     entirely -inf, one row with a single finite candidate (last column), several weight-0 rows, and fixed draws
     that cover both ends of [0, 1)."""
     query, emb, cand_ids, offset, logprob, weight, _ = [t.cpu() for t in gather_inputs(B, V, d, k, device)]
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = torch.default_generator
     hole = torch.rand(B, k, generator=g) < 0.4
     hole &= (torch.rand(B, 1, generator=g) < 0.7)  # some rows keep every candidate
     hole[5, 0] = hole[6, -1] = True  # the first and the last column
