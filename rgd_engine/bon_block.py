@@ -70,7 +70,7 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
         if guided:
             # scores w * r_u: argmax r_u for w > 0; a w = 0 row scores all 0 and keeps sample 0 (plain sampling)
             best, _, rewards = score_select(end_state.view(B, N, -1), bank.W, bank.b, slots, zeros, weights, GREEDY,
-                                            backend=dec.backend)  # [B], [B, N]
+                                            backend=dec.backend, check_values=False)  # [B], [B, N]; slots checked
         else:
             best, rewards = torch.zeros(B, dtype=torch.int64, device=dev), zeros
         winners = torch.arange(B, device=dev) * N + best  # [B]

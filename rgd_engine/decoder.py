@@ -22,6 +22,7 @@ import torch
 from .config import GenerationConfig
 from .heads import HeadBank, TokenHeadBank
 from .kernels import GREEDY, SAMPLE, gather_score_select, lmhead_topk, score_select
+from .kernels.dispatch import check_slots
 from .models import CausalLM
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper, eos_token_ids
@@ -108,6 +109,10 @@ class Decoder:
             raise ValueError(f"prompt {[len(p) for p in prompts].index(0)} is empty (no tokens)")
         check_rule_inputs(cfg.rule, bank, cond_prompts, B)
         slots = torch.full((B,), -1, dtype=torch.int64, device=dev) if slots is None else slots.to(dev)
+        if bank is not None:
+            # once per call: the steps' kernels skip their own (host-syncing) range checks. A bank only grows,
+            # so a user added while this call runs cannot invalidate the slots.
+            check_slots(slots, bank.capacity, "slots")
         weights = torch.full((B,), float(cfg.weight), device=dev) if weights is None else weights.to(dev).float()
         if cfg.rule == "bon-block":
             from .bon_block import generate_bon_block
@@ -139,25 +144,51 @@ class Decoder:
             cond_ids, cond_mask = left_pad(cond_prompts, self.policy.tokenizer.pad_token_id, dev)
             cond = _Stream(self.policy, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1)
             step = _LogRatio(self, policy, cond, weights, k, cfg, gen)
+        return self._run(step, cfg, B, users)
+
+    def _run(self, step, cfg: GenerationConfig, B: int, users: list | None) -> list[Generation]:
+        """The decode loop. A step reads nothing on the host: its chosen tokens [B] stay on the device until
+        sync_every of them are gathered into a [B, n] block, which ONE host read brings over; the rows' stoppers
+        then check EOS and the new text for stop strings, and the loop ends once every row is finished.
+        Per-step scores (return_scores) are read once, at the end."""
+        dev = self.policy.device
         eos = set() if cfg.ignore_eos else self.eos_ids
+        every = cfg.sync_every or (1 if dev.type == "cpu" else 8)
         rows = [RowStopper(self.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
-        steps: list[list] = [[] for _ in range(B)]
         done = [False] * B
+        block: list[torch.Tensor] = []  # [B] tokens of the steps not yet on the host
+        infos: list[dict] = []
         for t in range(cfg.max_new_tokens):
-            tokens, info = step.select()
-            tok_list = tokens.tolist()
-            for b in range(B):
-                if done[b]:
-                    continue
-                if cfg.return_scores:
-                    steps[b].append({key: v[b].tolist() for key, v in info.items()})
-                done[b] = rows[b].push(tok_list[b])
-            if all(done) or t == cfg.max_new_tokens - 1:
+            tokens, info = step.select()  # [B]
+            block.append(tokens)
+            if cfg.return_scores:
+                infos.append(info)
+            last = t == cfg.max_new_tokens - 1
+            if len(block) == every or last:
+                host = torch.stack(block, 1).tolist()  # [B, n]: the one host read of n steps
+                block = []
+                for b in range(B):
+                    for tok in host[b]:
+                        if done[b]:
+                            break
+                        done[b] = rows[b].push(tok)
+                if all(done):
+                    break
+            if last:
                 break
             step.advance(tokens)
+        steps = _host_steps(infos, [len(r.ids) for r in rows]) if cfg.return_scores else [None] * B
         return [Generation(text=r.text(), token_ids=r.ids, finish_reason=r.finish_reason or "length",
-                           user=users[b] if users else None, steps=steps[b] if cfg.return_scores else None)
+                           user=users[b] if users else None, steps=steps[b])
                 for b, r in enumerate(rows)]
+
+
+def _host_steps(infos: list[dict], lengths: list[int]) -> list[list[dict]]:
+    """Per-step score tensors (each [B, ...]) -> per row, one dict of lists per kept step; one host read per key."""
+    if not infos:
+        return [[] for _ in lengths]
+    per_key = {key: torch.stack([info[key] for info in infos], 1).tolist() for key in infos[0]}  # [B, T, ...]
+    return [[{key: per_key[key][b][t] for key in per_key} for t in range(n)] for b, n in enumerate(lengths)]
 
 
 def check_rule_inputs(rule: str, bank, cond_prompts, B: int) -> None:
@@ -217,7 +248,7 @@ class _Args:
                                                self.weights, SAMPLE if self.cfg.sample else GREEDY,
                                                self.cfg.temperature, _rand(self.cfg, len(self.slots), self.gen,
                                                                            self.slots.device),
-                                               backend=self.dec.backend)
+                                               backend=self.dec.backend, check_values=False)
         scorer.keep(chosen, self.k, cand_hidden)  # shared trunk: this is also the policy's next state
         tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
         return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
@@ -245,7 +276,8 @@ class _Token:
         chosen, scores, rewards = gather_score_select(
             query, self.scorer.model.lm_head_weight, cand_ids, self.zeros, logprob, self.weights, 0.0,
             SAMPLE if self.cfg.sample else GREEDY, self.cfg.temperature,
-            _rand(self.cfg, len(self.slots), self.gen, self.slots.device), backend=self.dec.backend)
+            _rand(self.cfg, len(self.slots), self.gen, self.slots.device), backend=self.dec.backend,
+            check_values=False)  # ids from lmhead_topk are in range
         tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
         return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
                         "chosen": chosen}
@@ -271,7 +303,8 @@ class _LogRatio:
         B = len(self.weights)
         chosen, scores, rewards = gather_score_select(
             h_u, E, cand_ids, -lse_u, logprob, self.weights, 1.0, SAMPLE if self.cfg.sample else GREEDY,
-            self.cfg.temperature, _rand(self.cfg, B, self.gen, self.weights.device), backend=self.dec.backend)
+            self.cfg.temperature, _rand(self.cfg, B, self.gen, self.weights.device), backend=self.dec.backend,
+            check_values=False)  # ids from lmhead_topk are in range
         tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
         return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
                         "chosen": chosen}

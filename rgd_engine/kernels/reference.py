@@ -5,6 +5,8 @@ They favour clarity over speed and materialize the full [B, V] logits.
 """
 from __future__ import annotations
 
+import struct
+
 import torch
 
 GREEDY = "greedy"
@@ -111,7 +113,7 @@ def gather_score_select_ref(query, emb, cand_ids, offset, logprob, weight, ratio
     e = emb.float()[cand_ids.long()]  # [B, k, d]
     lp = logprob.float()
     rewards = torch.einsum("bkd,bd->bk", e, query.float()) + offset.float()[:, None]
-    ratio = float(torch.tensor(float(ratio), dtype=torch.float32))  # the fused backends see a float32 ratio
+    ratio = struct.unpack("f", struct.pack("f", float(ratio)))[0]  # the float32 ratio the fused backends see
     if ratio != 0.0:
         rewards = rewards - ratio * lp
     scores = support_scores(lp, weight.float(), rewards)  # [B, k]
