@@ -30,7 +30,7 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
 
     B, N, dev = len(prompts), cfg.n_samples, dec.policy.device
     guided = bank is not None and bool(((slots >= 0) & (weights != 0)).any())
-    ids, pad_mask = left_pad(prompts, dec.policy.tokenizer.pad_token_id, dev)
+    ids, pad_mask = left_pad(prompts, dec.pad_token_id, dev)
     capacity = ids.shape[1] + cfg.max_new_tokens + 1
     fan_out = torch.arange(B, device=dev).repeat_interleave(N)  # [B*N]
     policy = _Stream(dec.policy, ids, pad_mask, capacity)
@@ -47,7 +47,7 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
         gen.seed()
     eos = set() if cfg.ignore_eos else dec.eos_ids
     eos_t = torch.tensor(sorted(eos), dtype=torch.int64, device=dev)
-    pad_id = dec.policy.tokenizer.pad_token_id
+    pad_id = dec.pad_token_id
     rows = [RowStopper(dec.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
     steps: list[list] = [[] for _ in range(B)]
     done = [False] * B
@@ -91,6 +91,8 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
             policy.select_rows(regroup)
             if rm is not None:
                 rm.select_rows(regroup)
-    return [Generation(text=r.text(), token_ids=r.ids, finish_reason=r.finish_reason or "length",
-                       user=users[b] if users else None, steps=steps[b] if cfg.return_scores else None)
+    with_text = dec.policy.tokenizer is not None
+    return [Generation(text=r.text() if with_text else None, token_ids=r.ids,
+                       finish_reason=r.finish_reason or "length", user=users[b] if users else None,
+                       steps=steps[b] if cfg.return_scores else None)
             for b, r in enumerate(rows)]

@@ -30,7 +30,7 @@ from .stopping import RowStopper, eos_token_ids
 
 @dataclass
 class Generation:
-    text: str
+    text: str | None  # None when the policy has no tokenizer (rgd_engine.hf)
     token_ids: list
     finish_reason: str
     user: str | None = None
@@ -89,11 +89,17 @@ class _Stream:
 
 
 class Decoder:
-    def __init__(self, policy: CausalLM, reward: CausalLM | None = None, backend: str | None = None):
+    """Decodes token-id prompts. eos_ids / pad_token_id default to the policy's (its generation config, then its
+    tokenizer); a policy without a tokenizer (the HF-native entry point, rgd_engine/hf.py) needs pad_token_id,
+    cannot take stop strings, and returns Generation.text = None."""
+
+    def __init__(self, policy: CausalLM, reward: CausalLM | None = None, backend: str | None = None,
+                 eos_ids: set[int] | None = None, pad_token_id: int | None = None):
         self.policy = policy
         self.reward = reward
         self.backend = backend
-        self.eos_ids = eos_token_ids(policy.hf_model, policy.tokenizer)
+        self.eos_ids = eos_token_ids(policy.hf_model, policy.tokenizer) if eos_ids is None else set(eos_ids)
+        self.pad_token_id = policy.tokenizer.pad_token_id if pad_token_id is None else int(pad_token_id)
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | TokenHeadBank | None = None,
@@ -108,6 +114,8 @@ class Decoder:
         if any(len(p) == 0 for p in prompts):
             raise ValueError(f"prompt {[len(p) for p in prompts].index(0)} is empty (no tokens)")
         check_rule_inputs(cfg.rule, bank, cond_prompts, B)
+        if cfg.stop and self.policy.tokenizer is None:
+            raise ValueError("stop strings need the policy's tokenizer (this policy has none)")
         slots = torch.full((B,), -1, dtype=torch.int64, device=dev) if slots is None else slots.to(dev)
         if bank is not None:
             # once per call: the steps' kernels skip their own (host-syncing) range checks. A bank only grows,
@@ -123,7 +131,7 @@ class Decoder:
         else:
             guided = bank is not None and bool(((slots >= 0) & (weights != 0)).any())
         k = min(cfg.k, self.policy.vocab_size)
-        ids, pad_mask = left_pad(prompts, self.policy.tokenizer.pad_token_id, dev)
+        ids, pad_mask = left_pad(prompts, self.pad_token_id, dev)
         # Scratch slots past the committed tokens: k for the args candidate tree, 1 for a plain step.
         capacity = ids.shape[1] + cfg.max_new_tokens + (k if guided and cfg.rule == "args" else 1)
         policy = _Stream(self.policy, ids, pad_mask, capacity)
@@ -141,7 +149,7 @@ class Decoder:
             rm = _Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
             step = _Token(self, policy, rm, bank, slots, weights, k, cfg, gen)
         else:
-            cond_ids, cond_mask = left_pad(cond_prompts, self.policy.tokenizer.pad_token_id, dev)
+            cond_ids, cond_mask = left_pad(cond_prompts, self.pad_token_id, dev)
             cond = _Stream(self.policy, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1)
             step = _LogRatio(self, policy, cond, weights, k, cfg, gen)
         return self._run(step, cfg, B, users)
@@ -155,6 +163,7 @@ class Decoder:
         eos = set() if cfg.ignore_eos else self.eos_ids
         every = cfg.sync_every or (1 if dev.type == "cpu" else 8)
         rows = [RowStopper(self.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
+        with_text = self.policy.tokenizer is not None
         done = [False] * B
         block: list[torch.Tensor] = []  # [B] tokens of the steps not yet on the host
         infos: list[dict] = []
@@ -178,8 +187,8 @@ class Decoder:
                 break
             step.advance(tokens)
         steps = _host_steps(infos, [len(r.ids) for r in rows]) if cfg.return_scores else [None] * B
-        return [Generation(text=r.text(), token_ids=r.ids, finish_reason=r.finish_reason or "length",
-                           user=users[b] if users else None, steps=steps[b])
+        return [Generation(text=r.text() if with_text else None, token_ids=r.ids,
+                           finish_reason=r.finish_reason or "length", user=users[b] if users else None, steps=steps[b])
                 for b, r in enumerate(rows)]
 
 
