@@ -217,10 +217,6 @@ def check_rule_inputs(rule: str, bank, cond_prompts, B: int) -> None:
             raise ValueError(f"conditioned prompt {[len(p) for p in cond_prompts].index(0)} is empty (no tokens)")
 
 
-def _rand(cfg: GenerationConfig, B: int, gen, device):
-    return torch.rand(B, generator=gen, device=device) if cfg.sample else None
-
-
 class _Plain:
     """No reward: greedy through the fused top-1, or plain sampling (temperature, top-k, top-p)."""
 
@@ -241,55 +237,70 @@ class _Plain:
         self.policy.step(tokens)
 
 
-class _Args:
-    """ARGS: candidate tree forward of the reward backbone, sequence-level heads (`score_select`)."""
+class _Guided:
+    """One reward-guided step, the same for every rule: the policy's candidates C = top-k of pi (`lmhead_topk`),
+    the rule's `score` (s = log pi + w r over C, and the chosen index, by one fused kernel), the chosen token.
+    Subclasses supply score() and advance()."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, rm: _Stream | None, bank: HeadBank, slots, weights, k, cfg, gen):
-        self.dec, self.policy, self.rm, self.bank = dec, policy, rm, bank
-        self.slots, self.weights, self.k, self.cfg, self.gen = slots, weights, k, cfg, gen
+    def __init__(self, dec: Decoder, policy: _Stream, weights, k: int, cfg: GenerationConfig, gen):
+        self.dec, self.policy, self.weights, self.k, self.cfg, self.gen = dec, policy, weights, k, cfg, gen
+        self.mode = SAMPLE if cfg.sample else GREEDY
 
     def select(self):
         logprob, cand_ids, _ = lmhead_topk(self.policy.last_hidden, self.dec.policy.lm_head_weight, self.k,
                                            backend=self.dec.backend)  # [B, k]
-        scorer = self.rm if self.rm is not None else self.policy
-        cand_hidden = scorer.expand(cand_ids)  # [B, k, d]
-        chosen, scores, rewards = score_select(cand_hidden, self.bank.W, self.bank.b, self.slots, logprob,
-                                               self.weights, SAMPLE if self.cfg.sample else GREEDY,
-                                               self.cfg.temperature, _rand(self.cfg, len(self.slots), self.gen,
-                                                                           self.slots.device),
-                                               backend=self.dec.backend, check_values=False)
-        scorer.keep(chosen, self.k, cand_hidden)  # shared trunk: this is also the policy's next state
+        rand = torch.rand(len(self.weights), generator=self.gen, device=self.weights.device) if self.cfg.sample \
+            else None
+        chosen, scores, rewards = self.score(cand_ids, logprob, rand)  # [B], [B, k], [B, k]
         tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
         return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
                         "chosen": chosen}
+
+    def score(self, cand_ids, logprob, rand):
+        """cand_ids [B, k], logprob [B, k], rand [B] or None -> chosen [B], scores [B, k], rewards [B, k]."""
+        raise NotImplementedError
+
+    def _gather_score_select(self, query, emb, offset, cand_ids, logprob, ratio: float, rand):
+        return gather_score_select(query, emb, cand_ids, offset, logprob, self.weights, ratio, self.mode,
+                                   self.cfg.temperature, rand, backend=self.dec.backend,
+                                   check_values=False)  # ids from lmhead_topk are in range
+
+
+class _Args(_Guided):
+    """ARGS: candidate tree forward of the reward backbone, sequence-level heads (`score_select`)."""
+
+    def __init__(self, dec: Decoder, policy: _Stream, rm: _Stream | None, bank: HeadBank, slots, weights, k, cfg, gen):
+        super().__init__(dec, policy, weights, k, cfg, gen)
+        self.rm, self.bank, self.slots = rm, bank, slots
+        self.scorer = rm if rm is not None else policy
+
+    def score(self, cand_ids, logprob, rand):
+        cand_hidden = self.scorer.expand(cand_ids)  # [B, k, d]
+        out = score_select(cand_hidden, self.bank.W, self.bank.b, self.slots, logprob, self.weights, self.mode,
+                           self.cfg.temperature, rand, backend=self.dec.backend,
+                           check_values=False)  # slots checked once per generate
+        self.scorer.keep(out[0], self.k, cand_hidden)  # shared trunk: this is also the policy's next state
+        return out
 
     def advance(self, tokens):
         if self.rm is not None:
             self.policy.step(tokens)
 
 
-class _Token:
+class _Token(_Guided):
     """GenARM-style token-level heads: r_u(v | h) = e_v . (A_u h) on the prefix state (`gather_score_select`)."""
 
     def __init__(self, dec: Decoder, policy: _Stream, rm: _Stream | None, bank: TokenHeadBank, slots, weights, k,
                  cfg, gen):
-        self.dec, self.policy, self.rm, self.bank = dec, policy, rm, bank
-        self.slots, self.weights, self.k, self.cfg, self.gen = slots, weights, k, cfg, gen
+        super().__init__(dec, policy, weights, k, cfg, gen)
+        self.rm, self.bank, self.slots = rm, bank, slots
         self.scorer = rm if rm is not None else policy
         self.zeros = torch.zeros(len(slots), device=slots.device)
 
-    def select(self):
-        logprob, cand_ids, _ = lmhead_topk(self.policy.last_hidden, self.dec.policy.lm_head_weight, self.k,
-                                           backend=self.dec.backend)  # [B, k]
+    def score(self, cand_ids, logprob, rand):
         query = self.bank.query(self.scorer.last_hidden, self.slots)  # [B, d]
-        chosen, scores, rewards = gather_score_select(
-            query, self.scorer.model.lm_head_weight, cand_ids, self.zeros, logprob, self.weights, 0.0,
-            SAMPLE if self.cfg.sample else GREEDY, self.cfg.temperature,
-            _rand(self.cfg, len(self.slots), self.gen, self.slots.device), backend=self.dec.backend,
-            check_values=False)  # ids from lmhead_topk are in range
-        tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
-        return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
-                        "chosen": chosen}
+        return self._gather_score_select(query, self.scorer.model.lm_head_weight, self.zeros, cand_ids, logprob,
+                                         0.0, rand)
 
     def advance(self, tokens):
         self.policy.step(tokens)
@@ -297,26 +308,18 @@ class _Token:
             self.rm.step(tokens)
 
 
-class _LogRatio:
+class _LogRatio(_Guided):
     """PAD-style: r_u(v) = log pi_u(v) - log pi(v) with pi_u the profile-conditioned policy (its own KV cache)."""
 
     def __init__(self, dec: Decoder, policy: _Stream, cond: _Stream, weights, k, cfg, gen):
-        self.dec, self.policy, self.cond = dec, policy, cond
-        self.weights, self.k, self.cfg, self.gen = weights, k, cfg, gen
+        super().__init__(dec, policy, weights, k, cfg, gen)
+        self.cond = cond
 
-    def select(self):
+    def score(self, cand_ids, logprob, rand):
         E = self.dec.policy.lm_head_weight
-        logprob, cand_ids, _ = lmhead_topk(self.policy.last_hidden, E, self.k, backend=self.dec.backend)  # [B, k]
         h_u = self.cond.last_hidden  # [B, d]
         _, _, lse_u = lmhead_topk(h_u, E, 1, backend=self.dec.backend)  # [B]: log Z of pi_u over all V
-        B = len(self.weights)
-        chosen, scores, rewards = gather_score_select(
-            h_u, E, cand_ids, -lse_u, logprob, self.weights, 1.0, SAMPLE if self.cfg.sample else GREEDY,
-            self.cfg.temperature, _rand(self.cfg, B, self.gen, self.weights.device), backend=self.dec.backend,
-            check_values=False)  # ids from lmhead_topk are in range
-        tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
-        return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
-                        "chosen": chosen}
+        return self._gather_score_select(h_u, E, -lse_u, cand_ids, logprob, 1.0, rand)
 
     def advance(self, tokens):
         self.policy.step(tokens)
