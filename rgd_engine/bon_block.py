@@ -21,30 +21,25 @@ from .heads import HeadBank
 from .kernels import GREEDY, score_select
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper
+from .stream import Stream, finish, left_pad, new_generator
 
 
 def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | None,
                        slots: torch.Tensor, weights: torch.Tensor, users: list | None) -> list:
     """slots [B] head-bank slots (-1 = none), weights [B] reward weights w (on the policy's device)."""
-    from .decoder import Generation, _Stream, left_pad
-
     B, N, dev = len(prompts), cfg.n_samples, dec.policy.device
     guided = bank is not None and bool(((slots >= 0) & (weights != 0)).any())
     ids, pad_mask = left_pad(prompts, dec.pad_token_id, dev)
     capacity = ids.shape[1] + cfg.max_new_tokens + 1
     fan_out = torch.arange(B, device=dev).repeat_interleave(N)  # [B*N]
-    policy = _Stream(dec.policy, ids, pad_mask, capacity)
+    policy = Stream(dec.policy, ids, pad_mask, capacity)
     policy.select_rows(fan_out)
     rm = None
     if guided and dec.reward is not None:
-        rm = _Stream(dec.reward, ids, pad_mask, capacity)
+        rm = Stream(dec.reward, ids, pad_mask, capacity)
         rm.select_rows(fan_out)
     scorer = rm if rm is not None else policy
-    gen = torch.Generator(device=dev)
-    if cfg.seed is not None:
-        gen.manual_seed(cfg.seed)
-    else:
-        gen.seed()
+    gen = new_generator(cfg.seed, dev)
     eos = set() if cfg.ignore_eos else dec.eos_ids
     eos_t = torch.tensor(sorted(eos), dtype=torch.int64, device=dev)
     pad_id = dec.pad_token_id
@@ -91,8 +86,4 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
             policy.select_rows(regroup)
             if rm is not None:
                 rm.select_rows(regroup)
-    with_text = dec.policy.tokenizer is not None
-    return [Generation(text=r.text() if with_text else None, token_ids=r.ids,
-                       finish_reason=r.finish_reason or "length", user=users[b] if users else None,
-                       steps=steps[b] if cfg.return_scores else None)
-            for b, r in enumerate(rows)]
+    return finish(rows, users, steps if cfg.return_scores else [None] * B, dec.policy.tokenizer is not None)

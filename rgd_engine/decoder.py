@@ -12,13 +12,13 @@ them s(v) = log pi(v) + w * r(v), then picks argmax (or samples softmax(s / tau)
 - `logratio` (PAD-style): r_u(v) = log pi_u(v) - log pi(v), pi_u = the policy conditioned on the user's profile
   in its prompt; a second KV cache of that prompt advances with every chosen token (`gather_score_select`).
 - `bon-block`: blockwise best-of-N, its own loop in bon_block.py.
+What every loop shares (prompts, streams, the generator, the finished rows) is in stream.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from .bon_block import generate_bon_block
 from .config import GenerationConfig
 from .heads import HeadBank, TokenHeadBank
 from .kernels import GREEDY, SAMPLE, gather_score_select, lmhead_topk, score_select
@@ -26,66 +26,7 @@ from .kernels.dispatch import check_slots
 from .models import CausalLM
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper, eos_token_ids
-
-
-@dataclass
-class Generation:
-    text: str | None  # None when the policy has no tokenizer (rgd_engine.hf)
-    token_ids: list
-    finish_reason: str
-    user: str | None = None
-    steps: list | None = None  # per-step scores when requested
-
-
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> ids [B, P] int64 and mask [B, P] bool (True = real token), padded on the left."""
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.int64)
-    mask = torch.zeros((len(prompts), P), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.int64)
-        mask[i, P - len(p):] = True
-    return ids.to(device), mask.to(device)
-
-
-class _Stream:
-    """One model's KV cache plus the next position of every row."""
-
-    def __init__(self, model: CausalLM, ids, pad_mask, capacity: int):
-        self.model = model
-        self.cache = model.new_cache(ids.shape[0], capacity)
-        positions = (pad_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
-        hidden = model.forward(ids, positions, self.cache.prefill_mask(pad_mask), self.cache)
-        self.cache.advance(ids.shape[1], pad_mask)
-        self.last_hidden = hidden[:, -1]  # [B, d]: left padding puts every row's last real token here
-        self.next_pos = pad_mask.long().sum(-1)  # [B]
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token per row. tokens [B] -> hidden [B, d]."""
-        hidden = self.model.forward(tokens[:, None], self.next_pos[:, None], self.cache.tree_mask(1), self.cache)
-        self.cache.advance(1)
-        self.next_pos = self.next_pos + 1
-        self.last_hidden = hidden[:, 0]
-        return self.last_hidden
-
-    def expand(self, cand_ids: torch.Tensor) -> torch.Tensor:
-        """Forward k candidates per row as a depth-1 tree. cand_ids [B, k] -> hidden [B, k, d]."""
-        k = cand_ids.shape[1]
-        pos = self.next_pos[:, None].expand(-1, k)
-        return self.model.forward(cand_ids, pos, self.cache.tree_mask(k), self.cache)
-
-    def keep(self, chosen: torch.Tensor, k: int, cand_hidden: torch.Tensor):
-        """Keep only candidate chosen[b] in the cache. chosen [B]; cand_hidden [B, k, d]."""
-        self.cache.commit(chosen, k)
-        self.next_pos = self.next_pos + 1
-        self.last_hidden = cand_hidden[torch.arange(chosen.shape[0], device=chosen.device), chosen]
-
-
-    def select_rows(self, index: torch.Tensor):
-        """Keep rows `index` [B'] (repeats allowed) of the cache, positions and last states."""
-        self.cache.select_rows(index)
-        self.next_pos = self.next_pos[index]
-        self.last_hidden = self.last_hidden[index]
+from .stream import Generation, Stream, finish, left_pad, new_generator
 
 
 class Decoder:
@@ -123,8 +64,6 @@ class Decoder:
             check_slots(slots, bank.capacity, "slots")
         weights = torch.full((B,), float(cfg.weight), device=dev) if weights is None else weights.to(dev).float()
         if cfg.rule == "bon-block":
-            from .bon_block import generate_bon_block
-
             return generate_bon_block(self, prompts, cfg, bank, slots, weights, users)
         if cfg.rule == "logratio":
             guided = bool((weights != 0).any())
@@ -134,23 +73,19 @@ class Decoder:
         ids, pad_mask = left_pad(prompts, self.pad_token_id, dev)
         # Scratch slots past the committed tokens: k for the args candidate tree, 1 for a plain step.
         capacity = ids.shape[1] + cfg.max_new_tokens + (k if guided and cfg.rule == "args" else 1)
-        policy = _Stream(self.policy, ids, pad_mask, capacity)
-        gen = torch.Generator(device=dev)
-        if cfg.seed is not None:
-            gen.manual_seed(cfg.seed)
-        else:
-            gen.seed()
+        policy = Stream(self.policy, ids, pad_mask, capacity)
+        gen = new_generator(cfg.seed, dev)
         if not guided:
             step = _Plain(self, policy, cfg, gen)
         elif cfg.rule == "args":
-            rm = _Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
+            rm = Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
             step = _Args(self, policy, rm, bank, slots, weights, k, cfg, gen)
         elif cfg.rule == "token":
-            rm = _Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
+            rm = Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
             step = _Token(self, policy, rm, bank, slots, weights, k, cfg, gen)
         else:
             cond_ids, cond_mask = left_pad(cond_prompts, self.pad_token_id, dev)
-            cond = _Stream(self.policy, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1)
+            cond = Stream(self.policy, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1)
             step = _LogRatio(self, policy, cond, weights, k, cfg, gen)
         return self._run(step, cfg, B, users)
 
@@ -187,9 +122,7 @@ class Decoder:
                 break
             step.advance(tokens)
         steps = _host_steps(infos, [len(r.ids) for r in rows]) if cfg.return_scores else [None] * B
-        return [Generation(text=r.text() if with_text else None, token_ids=r.ids,
-                           finish_reason=r.finish_reason or "length", user=users[b] if users else None, steps=steps[b])
-                for b, r in enumerate(rows)]
+        return finish(rows, users, steps, with_text)
 
 
 def _host_steps(infos: list[dict], lengths: list[int]) -> list[list[dict]]:
@@ -220,7 +153,7 @@ def check_rule_inputs(rule: str, bank, cond_prompts, B: int) -> None:
 class _Plain:
     """No reward: greedy through the fused top-1, or plain sampling (temperature, top-k, top-p)."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, cfg: GenerationConfig, gen):
+    def __init__(self, dec: Decoder, policy: Stream, cfg: GenerationConfig, gen):
         self.dec, self.policy, self.cfg, self.gen = dec, policy, cfg, gen
 
     def select(self):
@@ -242,7 +175,7 @@ class _Guided:
     the rule's `score` (s = log pi + w r over C, and the chosen index, by one fused kernel), the chosen token.
     Subclasses supply score() and advance()."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, weights, k: int, cfg: GenerationConfig, gen):
+    def __init__(self, dec: Decoder, policy: Stream, weights, k: int, cfg: GenerationConfig, gen):
         self.dec, self.policy, self.weights, self.k, self.cfg, self.gen = dec, policy, weights, k, cfg, gen
         self.mode = SAMPLE if cfg.sample else GREEDY
 
@@ -269,7 +202,7 @@ class _Guided:
 class _Args(_Guided):
     """ARGS: candidate tree forward of the reward backbone, sequence-level heads (`score_select`)."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, rm: _Stream | None, bank: HeadBank, slots, weights, k, cfg, gen):
+    def __init__(self, dec: Decoder, policy: Stream, rm: Stream | None, bank: HeadBank, slots, weights, k, cfg, gen):
         super().__init__(dec, policy, weights, k, cfg, gen)
         self.rm, self.bank, self.slots = rm, bank, slots
         self.scorer = rm if rm is not None else policy
@@ -290,7 +223,7 @@ class _Args(_Guided):
 class _Token(_Guided):
     """GenARM-style token-level heads: r_u(v | h) = e_v . (A_u h) on the prefix state (`gather_score_select`)."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, rm: _Stream | None, bank: TokenHeadBank, slots, weights, k,
+    def __init__(self, dec: Decoder, policy: Stream, rm: Stream | None, bank: TokenHeadBank, slots, weights, k,
                  cfg, gen):
         super().__init__(dec, policy, weights, k, cfg, gen)
         self.rm, self.bank, self.slots = rm, bank, slots
@@ -311,7 +244,7 @@ class _Token(_Guided):
 class _LogRatio(_Guided):
     """PAD-style: r_u(v) = log pi_u(v) - log pi(v) with pi_u the profile-conditioned policy (its own KV cache)."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, cond: _Stream, weights, k, cfg, gen):
+    def __init__(self, dec: Decoder, policy: Stream, cond: Stream, weights, k, cfg, gen):
         super().__init__(dec, policy, weights, k, cfg, gen)
         self.cond = cond
 
