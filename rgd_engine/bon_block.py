@@ -9,7 +9,8 @@ The N samples are N batch rows, each holding the row's cache: the fan-out and th
 its group after each block are one gather per block (`KVCache.select_rows`), amortized over M tokens. A sample
 that emits EOS is finished: its later tokens are ignored and its reward is read at its EOS. Stop strings are
 applied to the kept tokens only (they cut the text but do not end a sample inside a block). The reward of a
-block is selected by `score_select` with zero log-probs and w = 1, i.e. argmax_n r_u.
+block is selected by `score_select` with zero log-probs and the row's w, i.e. argmax_n w r_u: the best block for
+w > 0, the first sample (plain sampling) for w = 0 or a row without a head.
 """
 from __future__ import annotations
 
@@ -20,37 +21,32 @@ from .heads import HeadBank
 from .kernels import GREEDY, score_select
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper
+from .stream import Stream, finish, left_pad, new_generator
 
 
 def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | None,
-                       slots: torch.Tensor | None, users: list | None) -> list:
-    from .decoder import Generation, _Stream, left_pad
-
+                       slots: torch.Tensor, weights: torch.Tensor, users: list | None) -> list:
+    """slots [B] head-bank slots (-1 = none), weights [B] reward weights w (on the policy's device)."""
     B, N, dev = len(prompts), cfg.n_samples, dec.policy.device
-    slots = torch.full((B,), -1, dtype=torch.int64, device=dev) if slots is None else slots.to(dev)
-    guided = bank is not None and bool((slots >= 0).any())
-    ids, pad_mask = left_pad(prompts, dec.policy.tokenizer.pad_token_id, dev)
+    guided = bank is not None and bool(((slots >= 0) & (weights != 0)).any())
+    ids, pad_mask = left_pad(prompts, dec.pad_token_id, dev)
     capacity = ids.shape[1] + cfg.max_new_tokens + 1
     fan_out = torch.arange(B, device=dev).repeat_interleave(N)  # [B*N]
-    policy = _Stream(dec.policy, ids, pad_mask, capacity)
+    policy = Stream(dec.policy, ids, pad_mask, capacity)
     policy.select_rows(fan_out)
     rm = None
     if guided and dec.reward is not None:
-        rm = _Stream(dec.reward, ids, pad_mask, capacity)
+        rm = Stream(dec.reward, ids, pad_mask, capacity)
         rm.select_rows(fan_out)
     scorer = rm if rm is not None else policy
-    gen = torch.Generator(device=dev)
-    if cfg.seed is not None:
-        gen.manual_seed(cfg.seed)
-    else:
-        gen.seed()
+    gen = new_generator(cfg.seed, dev)
     eos = set() if cfg.ignore_eos else dec.eos_ids
     eos_t = torch.tensor(sorted(eos), dtype=torch.int64, device=dev)
-    pad_id = dec.policy.tokenizer.pad_token_id
+    pad_id = dec.pad_token_id
     rows = [RowStopper(dec.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
     steps: list[list] = [[] for _ in range(B)]
     done = [False] * B
-    zeros, ones = torch.zeros(B, N, device=dev), torch.ones(B, device=dev)
+    zeros = torch.zeros(B, N, device=dev)
     produced = 0
     while produced < cfg.max_new_tokens and not all(done):
         m = min(cfg.block_size, cfg.max_new_tokens - produced)
@@ -67,8 +63,9 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
             end_state = torch.where(finished[:, None], end_state, scorer.last_hidden)
             finished |= torch.isin(tok, eos_t)
         if guided:
-            best, _, rewards = score_select(end_state.view(B, N, -1), bank.W, bank.b, slots, zeros, ones, GREEDY,
-                                            backend=dec.backend)  # [B], [B, N]
+            # scores w * r_u: argmax r_u for w > 0; a w = 0 row scores all 0 and keeps sample 0 (plain sampling)
+            best, _, rewards = score_select(end_state.view(B, N, -1), bank.W, bank.b, slots, zeros, weights, GREEDY,
+                                            backend=dec.backend, check_values=False)  # [B], [B, N]; slots checked
         else:
             best, rewards = torch.zeros(B, dtype=torch.int64, device=dev), zeros
         winners = torch.arange(B, device=dev) * N + best  # [B]
@@ -89,6 +86,4 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
             policy.select_rows(regroup)
             if rm is not None:
                 rm.select_rows(regroup)
-    return [Generation(text=r.text(), token_ids=r.ids, finish_reason=r.finish_reason or "length",
-                       user=users[b] if users else None, steps=steps[b] if cfg.return_scores else None)
-            for b, r in enumerate(rows)]
+    return finish(rows, users, steps if cfg.return_scores else [None] * B, dec.policy.tokenizer is not None)

@@ -81,6 +81,10 @@ class GenerationConfig(_JSONMixin):
     rule: str = "args"
     n_samples: int = 4
     block_size: int = 8
+    # Decoded tokens reach the host (stop checks, early exit) every sync_every steps: None = every step on CPU
+    # (a host read is free there and an early exit saves forwards), every 8 on GPU (each read stalls the stream).
+    # Outputs do not depend on it; a larger value may run up to sync_every - 1 steps past the last finished row.
+    sync_every: int | None = None
 
     def validate(self) -> None:
         """Raise GenerationInputError naming the first field outside its accepted range (bounds: MAX_K etc. above).
@@ -100,6 +104,8 @@ class GenerationConfig(_JSONMixin):
             raise GenerationInputError(f"unknown rule {self.rule!r}; choose one of {', '.join(RULES)}")
         _integer("n_samples", self.n_samples, 1, MAX_SAMPLES)
         _integer("block_size", self.block_size, 1)
+        if self.sync_every is not None:
+            _integer("sync_every", self.sync_every, 1)
         for name in ("sample", "return_scores", "ignore_eos"):
             if not isinstance(getattr(self, name), bool):
                 raise GenerationInputError(f"{name} must be true or false, got {getattr(self, name)!r}")

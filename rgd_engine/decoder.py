@@ -12,95 +12,35 @@ them s(v) = log pi(v) + w * r(v), then picks argmax (or samples softmax(s / tau)
 - `logratio` (PAD-style): r_u(v) = log pi_u(v) - log pi(v), pi_u = the policy conditioned on the user's profile
   in its prompt; a second KV cache of that prompt advances with every chosen token (`gather_score_select`).
 - `bon-block`: blockwise best-of-N, its own loop in bon_block.py.
+What every loop shares (prompts, streams, the generator, the finished rows) is in stream.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from .bon_block import generate_bon_block
 from .config import GenerationConfig
 from .heads import HeadBank, TokenHeadBank
 from .kernels import GREEDY, SAMPLE, gather_score_select, lmhead_topk, score_select
+from .kernels.dispatch import check_slots
 from .models import CausalLM
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper, eos_token_ids
-
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list
-    finish_reason: str
-    user: str | None = None
-    steps: list | None = None  # per-step scores when requested
-
-
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> ids [B, P] int64 and mask [B, P] bool (True = real token), padded on the left."""
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.int64)
-    mask = torch.zeros((len(prompts), P), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.int64)
-        mask[i, P - len(p):] = True
-    return ids.to(device), mask.to(device)
-
-
-class _Stream:
-    """One model's KV cache plus the next position of every row."""
-
-    def __init__(self, model: CausalLM, ids, pad_mask, capacity: int):
-        self.model = model
-        self.cache = model.new_cache(ids.shape[0], capacity)
-        positions = (pad_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
-        hidden = model.forward(ids, positions, self.cache.prefill_mask(pad_mask), self.cache)
-        self.cache.advance(ids.shape[1], pad_mask)
-        self.last_hidden = hidden[:, -1]  # [B, d]: left padding puts every row's last real token here
-        self.next_pos = pad_mask.long().sum(-1)  # [B]
-
-    @classmethod
-    def from_state(cls, model: CausalLM, cache, next_pos: torch.Tensor, last_hidden: torch.Tensor) -> "_Stream":
-        """A stream over an already filled cache (continuous batching assembles its batch from rows prefilled
-        alone, see rgd_engine/serve/batch.py). next_pos [B]; last_hidden [B, d]."""
-        stream = cls.__new__(cls)
-        stream.model, stream.cache, stream.next_pos, stream.last_hidden = model, cache, next_pos, last_hidden
-        return stream
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token per row. tokens [B] -> hidden [B, d]."""
-        hidden = self.model.forward(tokens[:, None], self.next_pos[:, None], self.cache.tree_mask(1), self.cache)
-        self.cache.advance(1)
-        self.next_pos = self.next_pos + 1
-        self.last_hidden = hidden[:, 0]
-        return self.last_hidden
-
-    def expand(self, cand_ids: torch.Tensor) -> torch.Tensor:
-        """Forward k candidates per row as a depth-1 tree. cand_ids [B, k] -> hidden [B, k, d]."""
-        k = cand_ids.shape[1]
-        pos = self.next_pos[:, None].expand(-1, k)
-        return self.model.forward(cand_ids, pos, self.cache.tree_mask(k), self.cache)
-
-    def keep(self, chosen: torch.Tensor, k: int, cand_hidden: torch.Tensor):
-        """Keep only candidate chosen[b] in the cache. chosen [B]; cand_hidden [B, k, d]."""
-        self.cache.commit(chosen, k)
-        self.next_pos = self.next_pos + 1
-        self.last_hidden = cand_hidden[torch.arange(chosen.shape[0], device=chosen.device), chosen]
-
-
-    def select_rows(self, index: torch.Tensor):
-        """Keep rows `index` [B'] (repeats allowed) of the cache, positions and last states."""
-        self.cache.select_rows(index)
-        self.next_pos = self.next_pos[index]
-        self.last_hidden = self.last_hidden[index]
+from .stream import Generation, Stream, finish, left_pad, new_generator
 
 
 class Decoder:
-    def __init__(self, policy: CausalLM, reward: CausalLM | None = None, backend: str | None = None):
+    """Decodes token-id prompts. eos_ids / pad_token_id default to the policy's (its generation config, then its
+    tokenizer); a policy without a tokenizer (the HF-native entry point, rgd_engine/hf.py) needs pad_token_id,
+    cannot take stop strings, and returns Generation.text = None."""
+
+    def __init__(self, policy: CausalLM, reward: CausalLM | None = None, backend: str | None = None,
+                 eos_ids: set[int] | None = None, pad_token_id: int | None = None):
         self.policy = policy
         self.reward = reward
         self.backend = backend
-        self.eos_ids = eos_token_ids(policy.hf_model, policy.tokenizer)
+        self.eos_ids = eos_token_ids(policy.hf_model, policy.tokenizer) if eos_ids is None else set(eos_ids)
+        self.pad_token_id = policy.tokenizer.pad_token_id if pad_token_id is None else int(pad_token_id)
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | TokenHeadBank | None = None,
@@ -115,57 +55,82 @@ class Decoder:
         if any(len(p) == 0 for p in prompts):
             raise ValueError(f"prompt {[len(p) for p in prompts].index(0)} is empty (no tokens)")
         check_rule_inputs(cfg.rule, bank, cond_prompts, B)
-        if cfg.rule == "bon-block":
-            from .bon_block import generate_bon_block
-
-            return generate_bon_block(self, prompts, cfg, bank, slots, users)
+        if cfg.stop and self.policy.tokenizer is None:
+            raise ValueError("stop strings need the policy's tokenizer (this policy has none)")
         slots = torch.full((B,), -1, dtype=torch.int64, device=dev) if slots is None else slots.to(dev)
+        if bank is not None:
+            # once per call: the steps' kernels skip their own (host-syncing) range checks. A bank only grows,
+            # so a user added while this call runs cannot invalidate the slots.
+            check_slots(slots, bank.capacity, "slots")
         weights = torch.full((B,), float(cfg.weight), device=dev) if weights is None else weights.to(dev).float()
+        if cfg.rule == "bon-block":
+            return generate_bon_block(self, prompts, cfg, bank, slots, weights, users)
         if cfg.rule == "logratio":
             guided = bool((weights != 0).any())
         else:
             guided = bank is not None and bool(((slots >= 0) & (weights != 0)).any())
         k = min(cfg.k, self.policy.vocab_size)
-        ids, pad_mask = left_pad(prompts, self.policy.tokenizer.pad_token_id, dev)
+        ids, pad_mask = left_pad(prompts, self.pad_token_id, dev)
         # Scratch slots past the committed tokens: k for the args candidate tree, 1 for a plain step.
         capacity = ids.shape[1] + cfg.max_new_tokens + (k if guided and cfg.rule == "args" else 1)
-        policy = _Stream(self.policy, ids, pad_mask, capacity)
-        gen = torch.Generator(device=dev)
-        if cfg.seed is not None:
-            gen.manual_seed(cfg.seed)
-        else:
-            gen.seed()
+        policy = Stream(self.policy, ids, pad_mask, capacity)
+        gen = new_generator(cfg.seed, dev)
         if not guided:
             step = _Plain(self, policy, cfg, gen)
         elif cfg.rule == "args":
-            rm = _Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
+            rm = Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
             step = _Args(self, policy, rm, bank, slots, weights, k, cfg, gen)
         elif cfg.rule == "token":
-            rm = _Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
+            rm = Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None
             step = _Token(self, policy, rm, bank, slots, weights, k, cfg, gen)
         else:
-            cond_ids, cond_mask = left_pad(cond_prompts, self.policy.tokenizer.pad_token_id, dev)
-            cond = _Stream(self.policy, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1)
+            cond_ids, cond_mask = left_pad(cond_prompts, self.pad_token_id, dev)
+            cond = Stream(self.policy, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1)
             step = _LogRatio(self, policy, cond, weights, k, cfg, gen)
+        return self._run(step, cfg, B, users)
+
+    def _run(self, step, cfg: GenerationConfig, B: int, users: list | None) -> list[Generation]:
+        """The decode loop. A step reads nothing on the host: its chosen tokens [B] stay on the device until
+        sync_every of them are gathered into a [B, n] block, which ONE host read brings over; the rows' stoppers
+        then check EOS and the new text for stop strings, and the loop ends once every row is finished.
+        Per-step scores (return_scores) are read once, at the end."""
+        dev = self.policy.device
         eos = set() if cfg.ignore_eos else self.eos_ids
+        every = cfg.sync_every or (1 if dev.type == "cpu" else 8)
         rows = [RowStopper(self.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
-        steps: list[list] = [[] for _ in range(B)]
+        with_text = self.policy.tokenizer is not None
         done = [False] * B
+        block: list[torch.Tensor] = []  # [B] tokens of the steps not yet on the host
+        infos: list[dict] = []
         for t in range(cfg.max_new_tokens):
-            tokens, info = step.select()
-            tok_list = tokens.tolist()
-            for b in range(B):
-                if done[b]:
-                    continue
-                if cfg.return_scores:
-                    steps[b].append({key: v[b].tolist() for key, v in info.items()})
-                done[b] = rows[b].push(tok_list[b])
-            if all(done) or t == cfg.max_new_tokens - 1:
+            tokens, info = step.select()  # [B]
+            block.append(tokens)
+            if cfg.return_scores:
+                infos.append(info)
+            last = t == cfg.max_new_tokens - 1
+            if len(block) == every or last:
+                host = torch.stack(block, 1).tolist()  # [B, n]: the one host read of n steps
+                block = []
+                for b in range(B):
+                    for tok in host[b]:
+                        if done[b]:
+                            break
+                        done[b] = rows[b].push(tok)
+                if all(done):
+                    break
+            if last:
                 break
             step.advance(tokens)
-        return [Generation(text=r.text(), token_ids=r.ids, finish_reason=r.finish_reason or "length",
-                           user=users[b] if users else None, steps=steps[b] if cfg.return_scores else None)
-                for b, r in enumerate(rows)]
+        steps = _host_steps(infos, [len(r.ids) for r in rows]) if cfg.return_scores else [None] * B
+        return finish(rows, users, steps, with_text)
+
+
+def _host_steps(infos: list[dict], lengths: list[int]) -> list[list[dict]]:
+    """Per-step score tensors (each [B, ...]) -> per row, one dict of lists per kept step; one host read per key."""
+    if not infos:
+        return [[] for _ in lengths]
+    per_key = {key: torch.stack([info[key] for info in infos], 1).tolist() for key in infos[0]}  # [B, T, ...]
+    return [[{key: per_key[key][b][t] for key in per_key} for t in range(n)] for b, n in enumerate(lengths)]
 
 
 def check_rule_inputs(rule: str, bank, cond_prompts, B: int) -> None:
@@ -185,14 +150,10 @@ def check_rule_inputs(rule: str, bank, cond_prompts, B: int) -> None:
             raise ValueError(f"conditioned prompt {[len(p) for p in cond_prompts].index(0)} is empty (no tokens)")
 
 
-def _rand(cfg: GenerationConfig, B: int, gen, device):
-    return torch.rand(B, generator=gen, device=device) if cfg.sample else None
-
-
 class _Plain:
     """No reward: greedy through the fused top-1, or plain sampling (temperature, top-k, top-p)."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, cfg: GenerationConfig, gen):
+    def __init__(self, dec: Decoder, policy: Stream, cfg: GenerationConfig, gen):
         self.dec, self.policy, self.cfg, self.gen = dec, policy, cfg, gen
 
     def select(self):
@@ -209,54 +170,70 @@ class _Plain:
         self.policy.step(tokens)
 
 
-class _Args:
-    """ARGS: candidate tree forward of the reward backbone, sequence-level heads (`score_select`)."""
+class _Guided:
+    """One reward-guided step, the same for every rule: the policy's candidates C = top-k of pi (`lmhead_topk`),
+    the rule's `score` (s = log pi + w r over C, and the chosen index, by one fused kernel), the chosen token.
+    Subclasses supply score() and advance()."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, rm: _Stream | None, bank: HeadBank, slots, weights, k, cfg, gen):
-        self.dec, self.policy, self.rm, self.bank = dec, policy, rm, bank
-        self.slots, self.weights, self.k, self.cfg, self.gen = slots, weights, k, cfg, gen
+    def __init__(self, dec: Decoder, policy: Stream, weights, k: int, cfg: GenerationConfig, gen):
+        self.dec, self.policy, self.weights, self.k, self.cfg, self.gen = dec, policy, weights, k, cfg, gen
+        self.mode = SAMPLE if cfg.sample else GREEDY
 
     def select(self):
         logprob, cand_ids, _ = lmhead_topk(self.policy.last_hidden, self.dec.policy.lm_head_weight, self.k,
                                            backend=self.dec.backend)  # [B, k]
-        scorer = self.rm if self.rm is not None else self.policy
-        cand_hidden = scorer.expand(cand_ids)  # [B, k, d]
-        chosen, scores, rewards = score_select(cand_hidden, self.bank.W, self.bank.b, self.slots, logprob,
-                                               self.weights, SAMPLE if self.cfg.sample else GREEDY,
-                                               self.cfg.temperature, _rand(self.cfg, len(self.slots), self.gen,
-                                                                           self.slots.device),
-                                               backend=self.dec.backend)
-        scorer.keep(chosen, self.k, cand_hidden)  # shared trunk: this is also the policy's next state
+        rand = torch.rand(len(self.weights), generator=self.gen, device=self.weights.device) if self.cfg.sample \
+            else None
+        chosen, scores, rewards = self.score(cand_ids, logprob, rand)  # [B], [B, k], [B, k]
         tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
         return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
                         "chosen": chosen}
+
+    def score(self, cand_ids, logprob, rand):
+        """cand_ids [B, k], logprob [B, k], rand [B] or None -> chosen [B], scores [B, k], rewards [B, k]."""
+        raise NotImplementedError
+
+    def _gather_score_select(self, query, emb, offset, cand_ids, logprob, ratio: float, rand):
+        return gather_score_select(query, emb, cand_ids, offset, logprob, self.weights, ratio, self.mode,
+                                   self.cfg.temperature, rand, backend=self.dec.backend,
+                                   check_values=False)  # ids from lmhead_topk are in range
+
+
+class _Args(_Guided):
+    """ARGS: candidate tree forward of the reward backbone, sequence-level heads (`score_select`)."""
+
+    def __init__(self, dec: Decoder, policy: Stream, rm: Stream | None, bank: HeadBank, slots, weights, k, cfg, gen):
+        super().__init__(dec, policy, weights, k, cfg, gen)
+        self.rm, self.bank, self.slots = rm, bank, slots
+        self.scorer = rm if rm is not None else policy
+
+    def score(self, cand_ids, logprob, rand):
+        cand_hidden = self.scorer.expand(cand_ids)  # [B, k, d]
+        out = score_select(cand_hidden, self.bank.W, self.bank.b, self.slots, logprob, self.weights, self.mode,
+                           self.cfg.temperature, rand, backend=self.dec.backend,
+                           check_values=False)  # slots checked once per generate
+        self.scorer.keep(out[0], self.k, cand_hidden)  # shared trunk: this is also the policy's next state
+        return out
 
     def advance(self, tokens):
         if self.rm is not None:
             self.policy.step(tokens)
 
 
-class _Token:
+class _Token(_Guided):
     """GenARM-style token-level heads: r_u(v | h) = e_v . (A_u h) on the prefix state (`gather_score_select`)."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, rm: _Stream | None, bank: TokenHeadBank, slots, weights, k,
+    def __init__(self, dec: Decoder, policy: Stream, rm: Stream | None, bank: TokenHeadBank, slots, weights, k,
                  cfg, gen):
-        self.dec, self.policy, self.rm, self.bank = dec, policy, rm, bank
-        self.slots, self.weights, self.k, self.cfg, self.gen = slots, weights, k, cfg, gen
+        super().__init__(dec, policy, weights, k, cfg, gen)
+        self.rm, self.bank, self.slots = rm, bank, slots
         self.scorer = rm if rm is not None else policy
         self.zeros = torch.zeros(len(slots), device=slots.device)
 
-    def select(self):
-        logprob, cand_ids, _ = lmhead_topk(self.policy.last_hidden, self.dec.policy.lm_head_weight, self.k,
-                                           backend=self.dec.backend)  # [B, k]
+    def score(self, cand_ids, logprob, rand):
         query = self.bank.query(self.scorer.last_hidden, self.slots)  # [B, d]
-        chosen, scores, rewards = gather_score_select(
-            query, self.scorer.model.lm_head_weight, cand_ids, self.zeros, logprob, self.weights, 0.0,
-            SAMPLE if self.cfg.sample else GREEDY, self.cfg.temperature,
-            _rand(self.cfg, len(self.slots), self.gen, self.slots.device), backend=self.dec.backend)
-        tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
-        return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
-                        "chosen": chosen}
+        return self._gather_score_select(query, self.scorer.model.lm_head_weight, self.zeros, cand_ids, logprob,
+                                         0.0, rand)
 
     def advance(self, tokens):
         self.policy.step(tokens)
@@ -264,25 +241,18 @@ class _Token:
             self.rm.step(tokens)
 
 
-class _LogRatio:
+class _LogRatio(_Guided):
     """PAD-style: r_u(v) = log pi_u(v) - log pi(v) with pi_u the profile-conditioned policy (its own KV cache)."""
 
-    def __init__(self, dec: Decoder, policy: _Stream, cond: _Stream, weights, k, cfg, gen):
-        self.dec, self.policy, self.cond = dec, policy, cond
-        self.weights, self.k, self.cfg, self.gen = weights, k, cfg, gen
+    def __init__(self, dec: Decoder, policy: Stream, cond: Stream, weights, k, cfg, gen):
+        super().__init__(dec, policy, weights, k, cfg, gen)
+        self.cond = cond
 
-    def select(self):
+    def score(self, cand_ids, logprob, rand):
         E = self.dec.policy.lm_head_weight
-        logprob, cand_ids, _ = lmhead_topk(self.policy.last_hidden, E, self.k, backend=self.dec.backend)  # [B, k]
         h_u = self.cond.last_hidden  # [B, d]
         _, _, lse_u = lmhead_topk(h_u, E, 1, backend=self.dec.backend)  # [B]: log Z of pi_u over all V
-        B = len(self.weights)
-        chosen, scores, rewards = gather_score_select(
-            h_u, E, cand_ids, -lse_u, logprob, self.weights, 1.0, SAMPLE if self.cfg.sample else GREEDY,
-            self.cfg.temperature, _rand(self.cfg, B, self.gen, self.weights.device), backend=self.dec.backend)
-        tokens = cand_ids.gather(1, chosen[:, None])[:, 0]
-        return tokens, {"candidates": cand_ids, "logprob": logprob, "reward": rewards, "score": scores,
-                        "chosen": chosen}
+        return self._gather_score_select(h_u, E, -lse_u, cand_ids, logprob, 1.0, rand)
 
     def advance(self, tokens):
         self.policy.step(tokens)

@@ -44,15 +44,22 @@ class _SlotBank:
         self._free = list(range(capacity - 1, -1, -1))  # pop() hands out the lowest slot first
 
     # -- what a subclass defines --------------------------------------------------------------------------
-    def head_shapes(self) -> dict[str, tuple]:
-        """Per-head tensor name -> shape of one user's entry."""
+    @classmethod
+    def shapes(cls, hidden_size: int, **params) -> dict[str, tuple]:
+        """Per-head tensor name -> shape of one user's entry, for a bank of this hidden size and kind params."""
         raise NotImplementedError
 
-    def _meta(self) -> dict[str, str]:
+    def _params(self) -> dict:
+        """The kind's own constructor parameters (TokenHeadBank: rank); stored in the file's metadata as strings."""
         return {}
 
-    def _apply_meta(self, meta: dict, path: Path) -> None:
-        pass
+    @classmethod
+    def _file_params(cls, meta: dict, path: Path) -> dict:
+        """_params() back from a file's metadata, with a clear error."""
+        return {}
+
+    def head_shapes(self) -> dict[str, tuple]:
+        return self.shapes(self.hidden_size, **self._params())
 
     # -- slots ---------------------------------------------------------------------------------------------
     @property
@@ -158,54 +165,54 @@ class _SlotBank:
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
-        bad = self._nonfinite_users(self.tensors)
+        bad = self._nonfinite_users(self.tensors, self._slots)
         if bad:  # the tensors were edited directly; such a file could not be loaded again
             raise HeadBankError(f"cannot save head bank to {str(path)!r}: heads of users {bad[:5]} contain NaN or inf")
         meta = {"format_version": FORMAT_VERSION, "kind": self.KIND, "hidden_size": str(self.hidden_size),
                 "backbone_id": self.backbone_id, "default_user": self.default_user or "",
-                "slots": json.dumps(self._slots), **self._meta()}
+                "slots": json.dumps(self._slots), **{k: str(v) for k, v in self._params().items()}}
         tensors = {n: t.detach().cpu().contiguous() for n, t in self.tensors.items()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
-    def _nonfinite_users(self, tensors: dict[str, torch.Tensor], slots: dict[str, int] | None = None) -> list[str]:
-        slots = self._slots if slots is None else slots
+    @staticmethod
+    def _nonfinite_users(tensors: dict[str, torch.Tensor], slots: dict[str, int]) -> list[str]:
         return [u for u, s in slots.items() if not all(torch.isfinite(t[s]).all() for t in tensors.values())]
 
     @classmethod
     def from_file(cls, path: str | Path, device="cpu"):
-        bank = cls._blank(device)
-        bank.load(path, expect_hidden_size=None)
+        """A bank of the file's hidden size, kind parameters and capacity, everything validated (see load)."""
+        contents = cls._read(Path(path), expect_hidden_size=None)
+        bank = cls(contents["hidden_size"], capacity=contents["capacity"], device=device, **contents["params"])
+        bank._install(contents)
         return bank
-
-    @classmethod
-    def _blank(cls, device):
-        raise NotImplementedError
 
     def load(self, path: str | Path, expect_hidden_size: int | None = -1, expect_backbone: str | None = None) -> None:
         """Replace this bank's contents with the file's. Everything is validated first; on error nothing changes.
 
         expect_hidden_size: -1 = this bank's hidden size, None = accept the file's."""
-        path = Path(path)
+        want_d = self.hidden_size if expect_hidden_size == -1 else expect_hidden_size
+        self._install(self._read(Path(path), want_d, expect_backbone))
+
+    @classmethod
+    def _read(cls, path: Path, expect_hidden_size: int | None, expect_backbone: str | None = None) -> dict:
+        """A bank file's validated contents: hidden_size, params, capacity, meta, float32 tensors, slots."""
         meta, tensors = read_bank_file(path)
         kind = meta.get("kind") or HeadBank.KIND  # files written before token banks existed are sequence banks
-        if kind != self.KIND:
-            raise HeadBankError(f"head bank {str(path)!r} holds {kind!r} heads, not {self.KIND!r} heads")
+        if kind != cls.KIND:
+            raise HeadBankError(f"head bank {str(path)!r} holds {kind!r} heads, not {cls.KIND!r} heads")
         try:
             d = int(meta["hidden_size"])
             slots = json.loads(meta["slots"])
         except (KeyError, ValueError) as e:
             raise HeadBankError(f"head bank {str(path)!r}: bad metadata ({e})") from e
-        want_d = self.hidden_size if expect_hidden_size == -1 else expect_hidden_size
-        if want_d is not None and d != want_d:
-            raise HeadBankError(f"head bank {str(path)!r} has hidden size {d}, expected {want_d}")
+        if expect_hidden_size is not None and d != expect_hidden_size:
+            raise HeadBankError(f"head bank {str(path)!r} has hidden size {d}, expected {expect_hidden_size}")
         if expect_backbone is not None and meta.get("backbone_id") != expect_backbone:
             raise HeadBankError(f"head bank {str(path)!r} was trained on backbone {meta.get('backbone_id')!r}, "
                                 f"not {expect_backbone!r}")
-        staged = self._blank(self.device)
-        staged.hidden_size = d
-        staged._apply_meta(meta, path)
-        shapes = staged.head_shapes()
+        params = cls._file_params(meta, path)
+        shapes = cls.shapes(d, **params)
         if set(tensors) != set(shapes):
             raise HeadBankError(f"head bank {str(path)!r}: expected tensors {sorted(shapes)}, found {sorted(tensors)}")
         cap = {t.shape[0] if t.dim() else -1 for t in tensors.values()}
@@ -222,19 +229,25 @@ class _SlotBank:
                 raise HeadBankError(f"head bank {str(path)!r}: tensor {n!r} has dtype {t.dtype}; head tensors must be "
                                     "floating point (the bank stores float32)")
         tensors = {n: t.to(torch.float32) for n, t in tensors.items()}  # check finiteness after the cast
-        bad = self._nonfinite_users(tensors, slots)
+        bad = cls._nonfinite_users(tensors, slots)
         if bad:
             raise HeadBankError(f"head bank {str(path)!r}: heads of users {bad[:5]} contain NaN or inf "
                                 "(in float32)")
-        device = self.device
-        self.hidden_size = d
-        self._apply_meta(meta, path)
+        return {"hidden_size": d, "params": params, "capacity": capacity, "meta": meta,
+                "tensors": {n: tensors[n] for n in shapes}, "slots": dict(slots)}
+
+    def _install(self, contents: dict) -> None:
+        """Take over validated contents (from _read): nothing here can fail half-way."""
+        device, meta = self.device, contents["meta"]
+        self.hidden_size = contents["hidden_size"]
+        for name, value in contents["params"].items():
+            setattr(self, name, value)
         self.backbone_id = meta.get("backbone_id", "")
         self.default_user = meta.get("default_user") or None
-        self.tensors = {n: tensors[n].to(device=device) for n in shapes}
-        self._slots = dict(slots)
-        taken = set(slots.values())
-        self._free = [s for s in range(capacity - 1, -1, -1) if s not in taken]
+        self.tensors = {n: t.to(device=device) for n, t in contents["tensors"].items()}
+        self._slots = contents["slots"]
+        taken = set(self._slots.values())
+        self._free = [s for s in range(contents["capacity"] - 1, -1, -1) if s not in taken]
 
 
 def read_bank_file(path: Path) -> tuple[dict, dict]:
@@ -266,12 +279,9 @@ class HeadBank(_SlotBank):
                  device: str | torch.device = "cpu"):
         super().__init__(hidden_size, capacity, backbone_id, default_user, device)
 
-    def head_shapes(self):
-        return {"W": (self.hidden_size,), "b": ()}
-
     @classmethod
-    def _blank(cls, device):
-        return cls(hidden_size=1, capacity=1, device=device)
+    def shapes(cls, hidden_size: int) -> dict[str, tuple]:
+        return {"W": (hidden_size,), "b": ()}
 
     @property
     def W(self) -> torch.Tensor:  # [capacity, d]
@@ -304,21 +314,22 @@ class TokenHeadBank(_SlotBank):
         self.rank = int(rank)
         super().__init__(hidden_size, capacity, backbone_id, default_user, device)
 
-    def head_shapes(self):
-        return {"P": (self.rank, self.hidden_size), "Q": (self.rank, self.hidden_size)}
+    @classmethod
+    def shapes(cls, hidden_size: int, rank: int) -> dict[str, tuple]:
+        return {"P": (rank, hidden_size), "Q": (rank, hidden_size)}
 
-    def _meta(self):
-        return {"rank": str(self.rank)}
-
-    def _apply_meta(self, meta, path):
-        try:
-            self.rank = int(meta["rank"])
-        except (KeyError, ValueError) as e:
-            raise HeadBankError(f"head bank {str(path)!r}: bad metadata (rank: {e})") from e
+    def _params(self) -> dict:
+        return {"rank": self.rank}
 
     @classmethod
-    def _blank(cls, device):
-        return cls(hidden_size=1, rank=1, capacity=1, device=device)
+    def _file_params(cls, meta: dict, path: Path) -> dict:
+        try:
+            rank = int(meta["rank"])
+        except (KeyError, ValueError) as e:
+            raise HeadBankError(f"head bank {str(path)!r}: bad metadata (rank: {e})") from e
+        if rank <= 0:
+            raise HeadBankError(f"head bank {str(path)!r}: bad metadata (rank {rank} must be positive)")
+        return {"rank": rank}
 
     @property
     def P(self) -> torch.Tensor:  # [capacity, r, d]

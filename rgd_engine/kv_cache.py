@@ -103,7 +103,8 @@ class KVCache:
             for layer in self.hf.layers:
                 layer.keys[:, :, self.length] = layer.keys[rows, :, src]
                 layer.values[:, :, self.length] = layer.values[rows, :, src]
-                layer.crop(-(q - 1))  # the next write lands right after the kept token
+                if q > 1:  # the next write lands right after the kept token. Never crop(0): in HF's cache
+                    layer.crop(-(q - 1))  # layers a non-negative crop keeps the first n tokens (0 = none)
         self._bias[:, self.length] = 0
         self.length += 1
 

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from seeding import fresh_seed  # noqa: F401  (autouse: a printed fresh seed per test)
+
 from rgd_engine.kernels import cpp, dispatch, reference
 
 

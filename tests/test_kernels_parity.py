@@ -1,6 +1,6 @@
 """Every available kernel backend against the independent torch reference (float64 where useful).
 
-Inputs are fresh random tensors in every test. Device: env RGD_TEST_DEVICE (default cpu). The fused
+Inputs are fresh random tensors in every test (seeded by `fresh_seed`, which prints the seed). Device: env RGD_TEST_DEVICE (default cpu). The fused
 backends (cpp, triton, cuda) and the torch backend run the full shape grid except triton on CPU, which runs in
 the interpreter and gets a subset (INTERP_GRID, INTERP_SCORE_GRID) that still covers every listed value of B, V, d and k.
 """
@@ -10,6 +10,8 @@ import os
 
 import pytest
 import torch
+
+from seeding import fresh_seed  # noqa: F401  (autouse: a printed fresh seed per test)
 
 from rgd_engine.kernels import dispatch, reference
 
@@ -129,7 +131,7 @@ INTERP_SCORE_GRID = [(1, 64, 64), (3, 10, 576), (17, 4, 64), (17, 1, 576)]
 
 
 def score_inputs(B, k, d, device, U=5):
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh but reproducible from the failure message
+    g = torch.default_generator  # seeded per test by fresh_seed (printed on failure)
     cand = torch.randn(B, k, d, generator=g)
     bank_w = torch.randn(U, d, generator=g) / math.sqrt(d)
     bank_b = torch.randn(U, generator=g)
@@ -257,7 +259,7 @@ RATIOS = (0.0, 1.0)  # the `token` rule (0) and the `logratio` rule (1)
 
 
 def gather_inputs(B, V, d, k, device):
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh but reproducible from the failure message
+    g = torch.default_generator  # seeded per test by fresh_seed (printed on failure)
     query = torch.randn(B, d, generator=g) / math.sqrt(d)  # the scale goes on the small side of the dot
     emb = torch.randn(V, d, generator=g)
     cand_ids = torch.randint(0, V, (B, k), generator=g)
@@ -345,7 +347,7 @@ def neg_inf_gather_inputs(device, B=17, V=111, d=64, k=10):
     entirely -inf, one row with a single finite candidate (last column), several weight-0 rows, and fixed draws
     that cover both ends of [0, 1)."""
     query, emb, cand_ids, offset, logprob, weight, _ = [t.cpu() for t in gather_inputs(B, V, d, k, device)]
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = torch.default_generator
     hole = torch.rand(B, k, generator=g) < 0.4
     hole &= (torch.rand(B, 1, generator=g) < 0.7)  # some rows keep every candidate
     hole[5, 0] = hole[6, -1] = True  # the first and the last column
@@ -417,6 +419,34 @@ def test_score_select_all_neg_inf_row_chooses_zero(name, mode, device):
     assert not bool(scores.isnan().any())
     assert bool((scores[3] == -math.inf).all()) and int(chosen[3]) == 0 and int(chosen[5]) == 9
     assert bool(((chosen >= 0) & (chosen < 10)).all())
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("mode", (reference.GREEDY, reference.SAMPLE))
+def test_neg_inf_logprob_with_pos_inf_reward_is_the_same_rule_in_both_ops(name, mode, device):
+    """logprob -inf and reward +inf (w > 0) scores -inf, never nan, and is never chosen: score_select and
+    gather_score_select alike (gather gets its +inf reward from the ratio term, score_select from its head)."""
+    mod = backend_module(name, device)
+    B, k, d = 3, 4, 64
+    cand, bank_w, bank_b, _, logprob, weight, rand = [t.cpu() for t in score_inputs(B, k, d, device)]
+    slot = torch.zeros(B, dtype=torch.int64)
+    bank_w[0] = bank_w[0].abs() + 0.1  # positive head: an inf feature gives a +inf reward
+    cand[:, 1] = 0.0
+    cand[:, 1, 3] = math.inf  # candidate 1 of every row: reward +inf ...
+    logprob = -torch.rand(B, k) - 0.1
+    logprob[:, 1] = -math.inf  # ... and outside the policy's support
+    weight = torch.rand(B) + 0.5
+    inputs = [t.to(device) for t in (cand, bank_w, bank_b, slot, logprob, weight, rand)]
+    chosen, scores, rewards = [t.cpu() for t in mod.score_select(*inputs[:6], mode, 0.7, inputs[6])]
+    assert bool(rewards[:, 1].isposinf().all()), rewards
+    assert bool((scores[:, 1] == -math.inf).all()) and not bool(scores.isnan().any()), scores
+    assert bool((chosen != 1).all()), chosen
+    query, emb, cand_ids, offset, _, _, _ = gather_inputs(B, 111, d, k, device)
+    g_chosen, g_scores, g_rewards = [t.cpu() for t in mod.gather_score_select(
+        query, emb, cand_ids, offset, inputs[4], inputs[5], 1.0, mode, 0.7, inputs[6])]
+    assert bool(g_rewards[:, 1].isposinf().all()), g_rewards
+    assert bool((g_scores[:, 1] == -math.inf).all()) and not bool(g_scores.isnan().any()), g_scores
+    assert bool((g_chosen != 1).all()), g_chosen
 
 
 @pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")  # the interpreter's numpy max

@@ -10,6 +10,7 @@
 //
 // score_select, per row b with u = slot_b:
 //   r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
+//   -inf rule (both ops): logprob_j = -inf -> s_j = -inf whatever w_b and r_j (never nan from -inf + inf).
 //   greedy: first argmax of s;  sample: p_j = exp((s_j - max s) / tau), the first j with
 //   cumsum(p)_j > rand_b * sum(p)  (same arithmetic as reference.inverse_cdf_choice).
 //
@@ -242,8 +243,9 @@ void score_select(const T* cand_hidden, const T* bank_w, const float* bank_b, co
     float* r = rewards + b * k;
     const int64_t u = slot[b];
     for (int64_t j = 0; j < k; ++j) {
+      const float lp = logprob[b * k + j];
       r[j] = u < 0 ? 0.f : dot2(cand_hidden + (b * k + j) * d, bank_w + u * d, d) + bank_b[u];
-      s[j] = logprob[b * k + j] + weight[b] * r[j];
+      s[j] = lp == kNegInf ? kNegInf : lp + weight[b] * r[j];  // the -inf rule (see the top of the file)
     }
     chosen[b] = select_index(s, k, sample, tau, sample ? rand[b] : 0.f);
   }

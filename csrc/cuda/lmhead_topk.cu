@@ -1,7 +1,8 @@
 // Fused LM-head top-k with exact log-softmax.
 //
 // Per row b:  z_v = h_b . W_v (v < V, never written to global memory as [B, V])
-//   stage 1, block (c, row-block): the z of V-block c (kVBlock rows) for kBRows rows of B go to a shared tile;
+//   stage 1, block (c, row-block): the z of V-block c (kVBlock rows) for kBRows rows of B go to a shared tile
+//            (hidden staged in shared memory kDTile columns at a time);
 //            m_c = max z, s_c = sum exp(z - m_c); top-KC of the block by KC rounds of warp argmax
 //            ordered (value desc, id asc)  -> part_m/part_s [B, NB], part_v/part_i [B, NB, KC]
 //   stage 2, one warp per row: lse = m + log(sum_c s_c exp(m_c - m)), m = max_c m_c; the NB sorted partial
@@ -19,42 +20,56 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kBRows = 16;                 // rows of B per stage-1 block: W is read once per 16 rows
 constexpr int kPerLane = kVBlock / 32;     // tile entries each lane owns in the top-k phase
+constexpr int kDTile = 256;                // hidden columns staged in shared memory at a time (16 KB)
+static_assert(kVBlock % 32 == 0, "a V-block is split evenly over the 32 lanes of a warp");
+static_assert(kPerLane <= 32, "phase B's `taken` is a 32-bit mask with one bit per tile entry a lane owns");
+static_assert((kBRows * kVBlock + kBRows * kDTile) * sizeof(float) <= 48 * 1024, "static shared memory limit");
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) lmhead_partial_kernel(const float* __restrict__ hidden,
                                                                   const T* __restrict__ weight, int64_t B, int64_t V,
                                                                   int64_t d, int64_t kc, LmheadScratch sc) {
-  __shared__ float tile[kBRows][kVBlock];  // [rows of B, rows of the V-block]
+  __shared__ float tile[kBRows][kVBlock];  // [rows of B, rows of the V-block]: logits z
+  __shared__ float h_tile[kBRows][kDTile];  // [rows of B, one d-tile] of hidden
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t nb = gridDim.x, c = blockIdx.x;
   const int64_t b0 = static_cast<int64_t>(blockIdx.y) * kBRows;
   const int nbr = static_cast<int>(B - b0 < kBRows ? B - b0 : kBRows);
   const int64_t v0 = c * kVBlock;
 
-  // Phase A: one warp per W row; lanes stride d (coalesced), one accumulator per row of B.
-  for (int r = warp; r < kVBlock; r += kWarps) {
-    const int64_t v = v0 + r;
-    if (v >= V) {
-      for (int bb = 0; bb < nbr; ++bb)
-        if (lane == 0) tile[bb][r] = -INFINITY;
-      continue;
+  // Phase A: one warp per W row; lanes stride d (coalesced), one accumulator per row of B. hidden is staged in
+  // shared memory one d-tile at a time: every W row of the block reads it, so from global memory it is read
+  // once per block instead of once per W row. Each tile entry is owned by one warp and accumulated over d-tiles.
+  for (int idx = threadIdx.x; idx < kBRows * kVBlock; idx += kThreads)
+    tile[idx / kVBlock][idx % kVBlock] = v0 + idx % kVBlock < V ? 0.f : -INFINITY;
+  for (int64_t d0 = 0; d0 < d; d0 += kDTile) {
+    const int dl = static_cast<int>(d - d0 < kDTile ? d - d0 : kDTile);
+    __syncthreads();  // the previous d-tile is consumed (and, first time, the tile is initialized)
+    for (int idx = threadIdx.x; idx < kBRows * kDTile; idx += kThreads) {
+      const int bb = idx / kDTile, i = idx % kDTile;
+      h_tile[bb][i] = bb < nbr && i < dl ? hidden[(b0 + bb) * d + d0 + i] : 0.f;
     }
-    float acc[kBRows];
+    __syncthreads();
+    for (int r = warp; r < kVBlock; r += kWarps) {
+      const int64_t v = v0 + r;
+      if (v >= V) continue;
+      float acc[kBRows];
 #pragma unroll
-    for (int bb = 0; bb < kBRows; ++bb) acc[bb] = 0.f;
-    const T* w = weight + v * d;
+      for (int bb = 0; bb < kBRows; ++bb) acc[bb] = 0.f;
+      const T* w = weight + v * d + d0;
 #pragma unroll 4
-    for (int64_t i = lane; i < d; i += 32) {
-      const float wi = to_float(w[i]);
+      for (int i = lane; i < dl; i += 32) {
+        const float wi = to_float(w[i]);
 #pragma unroll
-      for (int bb = 0; bb < kBRows; ++bb)
-        if (bb < nbr) acc[bb] += wi * __ldg(hidden + (b0 + bb) * d + i);
-    }
+        for (int bb = 0; bb < kBRows; ++bb)
+          if (bb < nbr) acc[bb] += wi * h_tile[bb][i];
+      }
 #pragma unroll
-    for (int bb = 0; bb < kBRows; ++bb) {
-      if (bb < nbr) {
-        const float z = warp_sum(acc[bb]);
-        if (lane == 0) tile[bb][r] = z;
+      for (int bb = 0; bb < kBRows; ++bb) {
+        if (bb < nbr) {
+          const float z = warp_sum(acc[bb]);
+          if (lane == 0) tile[bb][r] += z;
+        }
       }
     }
   }

@@ -3,6 +3,7 @@
 // One warp per row b with head u = slot[b]:
 //   r_j = W_u . c_j + b_u (0 when u = -1)      (lanes stride d, warp-sum)
 //   s_j = logprob_j + weight_b * r_j           (separate multiply and add, as the reference: no FMA)
+//   -inf rule (as gather_score_select): logprob_j = -inf -> s_j = -inf whatever weight_b and r_j
 //   selection by lane 0 (select_index, common.cuh): greedy = first argmax of s; sample = inverse CDF of
 //   softmax(s / tau) at rand_b.
 #include "common.cuh"
@@ -37,7 +38,8 @@ __global__ void score_select_kernel(const T* __restrict__ cand, const T* __restr
     }
     if (lane == 0) {
       rewards[b * k + j] = r;
-      scores[b * k + j] = __fadd_rn(logprob[b * k + j], __fmul_rn(wb, r));
+      const float lp = logprob[b * k + j];
+      scores[b * k + j] = lp == -INFINITY ? -INFINITY : __fadd_rn(lp, __fmul_rn(wb, r));
     }
   }
   if (lane == 0) chosen[b] = select_index(scores + b * k, k, sample, tau, sample ? rand[b] : 0.f);

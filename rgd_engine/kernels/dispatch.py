@@ -105,6 +105,14 @@ def _check_selection(op: str, B: int, k: int, logprob, weight, mode: str, tau: f
         raise ValueError(f"{op}: mode must be 'greedy' or 'sample', got {mode!r}")
 
 
+def check_slots(slot: torch.Tensor, capacity: int, op: str = "score_select") -> None:
+    """slot [B] values must be in [-1, capacity): one host read of (min, max)."""
+    if slot.numel():
+        lo, hi = slot.aminmax()
+        lo, hi = int(lo), int(hi)
+        _check(lo >= -1 and hi < capacity, f"{op}: slot values must be in [-1, {capacity - 1}], got [{lo}, {hi}]")
+
+
 def lmhead_topk(hidden: torch.Tensor, weight: torch.Tensor, k: int, *, backend: str | None = None):
     """Exact top-k log-softmax of the LM head without materializing [B, V] in the fused backends.
 
@@ -122,11 +130,14 @@ def lmhead_topk(hidden: torch.Tensor, weight: torch.Tensor, k: int, *, backend: 
 
 
 def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode: str = reference.GREEDY,
-                 tau: float = 1.0, rand: torch.Tensor | None = None, *, backend: str | None = None):
+                 tau: float = 1.0, rand: torch.Tensor | None = None, *, backend: str | None = None,
+                 check_values: bool = True):
     """Gather each row's reward head, score its k candidates with the ARGS rule and choose one.
 
     cand_hidden [B, k, d], bank_w [U, d], bank_b [U], slot [B] int (-1 = no head), logprob [B, k], weight [B],
     rand [B] uniform [0, 1) (sample mode) -> chosen [B] int64, scores [B, k] float32, rewards [B, k] float32.
+    check_values=False skips the range check of slot, the one check that reads tensor values on the host (a
+    device sync): for a decode loop that checked its slots once (`check_slots`).
     """
     _check(cand_hidden.dim() == 3, f"score_select: cand_hidden must be [B, k, d], got {tuple(cand_hidden.shape)}")
     B, k, d = cand_hidden.shape
@@ -135,22 +146,23 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode: str =
     _check(tuple(slot.shape) == (B,), f"score_select: slot must be [{B}], got {tuple(slot.shape)}")
     _check(not slot.is_floating_point(), "score_select: slot must be an integer tensor")
     _check_selection("score_select", B, k, logprob, weight, mode, tau, rand)
-    if slot.numel():
-        _check(int(slot.max()) < bank_w.shape[0] and int(slot.min()) >= -1,
-               f"score_select: slot values must be in [-1, {bank_w.shape[0] - 1}], got [{int(slot.min())}, {int(slot.max())}]")
+    if check_values:
+        check_slots(slot, bank_w.shape[0], "score_select")
     return _backend_module(backend, cand_hidden.device).score_select(
         cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, float(tau), rand)
 
 
 def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio: float = 0.0,
                         mode: str = reference.GREEDY, tau: float = 1.0, rand: torch.Tensor | None = None, *,
-                        backend: str | None = None):
+                        backend: str | None = None, check_values: bool = True):
     """Score each row's k candidates by their embedding rows against a per-row query, and choose one.
 
     query [B, d], emb [V, d], cand_ids [B, k] int in [0, V), offset [B], logprob [B, k], weight [B], ratio float,
     rand [B] uniform [0, 1) (sample mode) -> chosen [B] int64, scores [B, k] float32, rewards [B, k] float32,
     rewards = emb[cand_ids] . query + offset - ratio * logprob; scores = logprob + weight * rewards
     (see reference.gather_score_select_ref for what the `token` and `logratio` rules pass).
+    check_values=False skips the range check of cand_ids (a device sync): for callers whose ids come from
+    lmhead_topk over the same vocabulary, which are in range by construction.
     """
     _check(query.dim() == 2, f"gather_score_select: query must be [B, d], got {tuple(query.shape)}")
     B, d = query.shape
@@ -163,8 +175,9 @@ def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio: fl
     _check_selection("gather_score_select", B, k, logprob, weight, mode, tau, rand)
     _check(query.device == emb.device == cand_ids.device,
            f"gather_score_select: query on {query.device}, emb on {emb.device}, cand_ids on {cand_ids.device}")
-    if cand_ids.numel():
-        lo, hi = int(cand_ids.min()), int(cand_ids.max())
+    if check_values and cand_ids.numel():
+        lo, hi = cand_ids.aminmax()
+        lo, hi = int(lo), int(hi)
         _check(lo >= 0 and hi < emb.shape[0],
                f"gather_score_select: cand_ids must be in [0, {emb.shape[0] - 1}], got [{lo}, {hi}]")
     return _backend_module(backend, query.device).gather_score_select(

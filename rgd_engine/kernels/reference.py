@@ -5,6 +5,8 @@ They favour clarity over speed and materialize the full [B, V] logits.
 """
 from __future__ import annotations
 
+import struct
+
 import torch
 
 GREEDY = "greedy"
@@ -40,6 +42,13 @@ def gather_rewards_ref(cand_hidden, bank_w, bank_b, slot):
     return torch.where(has_head[:, None], r, torch.zeros_like(r))
 
 
+def support_scores(logprob: torch.Tensor, weight: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """s = logprob + weight * rewards, except that a candidate outside the policy's support (logprob -inf) scores
+    -inf whatever the weight and reward (never nan from -inf + inf or 0 * inf). The rule of both selection ops
+    in every backend. logprob [B, k], weight [B], rewards [B, k] -> [B, k] float32."""
+    return torch.where(logprob == -torch.inf, -torch.inf, logprob + weight[:, None] * rewards)
+
+
 def inverse_cdf_choice(scores: torch.Tensor, tau: float, rand: torch.Tensor) -> torch.Tensor:
     """Sample one index per row from softmax(scores / tau) by inverse CDF.
 
@@ -67,10 +76,11 @@ def score_select_ref(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode=GR
     cand_hidden [B, k, d], bank_w [U, d], bank_b [U], slot [B] (int, -1 = no head), logprob [B, k],
     weight [B], rand [B] (uniform, sample mode only)
     -> chosen [B] (int64 index into k), scores [B, k] = logprob + weight * rewards, rewards [B, k].
+    A -inf logprob scores -inf whatever the reward (`support_scores`), as in gather_score_select_ref.
     Greedy: argmax with the lowest index first on ties. Sample: inverse CDF of softmax(scores / tau).
     """
     rewards = gather_rewards_ref(cand_hidden, bank_w, bank_b, slot)  # [B, k]
-    scores = logprob.float() + weight.float()[:, None] * rewards  # [B, k]
+    scores = support_scores(logprob.float(), weight.float(), rewards)  # [B, k]
     if mode == GREEDY:
         chosen = torch.argmax(scores, dim=-1)  # first max on ties
     elif mode == SAMPLE:
@@ -103,10 +113,10 @@ def gather_score_select_ref(query, emb, cand_ids, offset, logprob, weight, ratio
     e = emb.float()[cand_ids.long()]  # [B, k, d]
     lp = logprob.float()
     rewards = torch.einsum("bkd,bd->bk", e, query.float()) + offset.float()[:, None]
-    ratio = float(torch.tensor(float(ratio), dtype=torch.float32))  # the fused backends see a float32 ratio
+    ratio = struct.unpack("f", struct.pack("f", float(ratio)))[0]  # the float32 ratio the fused backends see
     if ratio != 0.0:
         rewards = rewards - ratio * lp
-    scores = torch.where(lp == -torch.inf, -torch.inf, lp + weight.float()[:, None] * rewards)  # [B, k]
+    scores = support_scores(lp, weight.float(), rewards)  # [B, k]
     if mode == GREEDY:
         chosen = torch.argmax(scores, dim=-1)
     elif mode == SAMPLE:

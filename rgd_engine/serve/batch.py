@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import GenerationConfig
-from ..decoder import Decoder, _Args, _Plain, _Stream, _Token, left_pad
+from ..decoder import Decoder, _Args, _Plain, _Token
+from ..stream import Stream, left_pad
 from ..heads import HeadBank, TokenHeadBank
 from ..kv_cache import KVCache
 from ..stopping import RowStopper
@@ -65,7 +66,7 @@ class RowEvent:
 @dataclass
 class _Prefilled:
     row: LaneRow
-    streams: dict = field(default_factory=dict)  # name -> _Stream of one row
+    streams: dict = field(default_factory=dict)  # name -> Stream of one row
 
 
 class Lane:
@@ -75,7 +76,7 @@ class Lane:
         self.decoder = decoder
         self.key = key
         self.rows: list[LaneRow] = []
-        self.streams: dict[str, _Stream] = {}
+        self.streams: dict[str, Stream] = {}
         self.step_obj = None
         # The candidate tree needs k scratch slots past the committed ones, a plain step 1 (as in Decoder.generate).
         self.scratch = key.k if key.rule == "args" else 1
@@ -103,7 +104,7 @@ class Lane:
             ids, pad_mask = left_pad([spec.prompt_ids], self.decoder.policy.tokenizer.pad_token_id, dev)
             capacity = ids.shape[1] + spec.max_new_tokens + self.scratch
             with torch.inference_mode():
-                streams = {name: _Stream(m, ids, pad_mask, capacity) for name, m in self._stream_models().items()}
+                streams = {name: Stream(m, ids, pad_mask, capacity) for name, m in self._stream_models().items()}
             prefilled.append(_Prefilled(row, streams))
         kept = [_Prefilled(row, {name: (s, i) for name, s in self.streams.items()})
                 for i, row in enumerate(self.rows)]
@@ -127,7 +128,7 @@ class Lane:
             cache = KVCache.from_rows([(s.cache, i, n) for (s, i), n in zip(picks, counts)], capacity)
             next_pos = torch.stack([s.next_pos[i] for s, i in picks])  # [B]
             last_hidden = torch.stack([s.last_hidden[i] for s, i in picks])  # [B, d]
-            streams[name] = _Stream.from_state(model, cache, next_pos, last_hidden)
+            streams[name] = Stream.from_state(model, cache, next_pos, last_hidden)
         self.streams = streams
         self.step_obj = self._make_step()
 

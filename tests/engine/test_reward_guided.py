@@ -158,3 +158,28 @@ def test_users_without_bank_is_an_error(tiny_dirs, load):
     engine = Engine(load(tiny_dirs["llama"]))
     with pytest.raises(ValueError, match="no head bank"):
         engine.generate(PROMPTS[:1], users=["a"])
+
+
+@pytest.mark.parametrize("arch,forward", [("llama", "fast"), ("llama", "hf"), ("gpt2", "hf")])
+def test_args_with_k1_is_greedy_and_its_rewards_are_the_recomputation(tiny_dirs, monkeypatch, arch, forward):
+    """k = 1: the only candidate is the policy's argmax, so ARGS decodes greedily whatever the head, and each
+    step's reward is r_u of the sequence with that token. The HF cache storage (gpt2, llama with RGD_FORWARD=hf)
+    commits one candidate out of one, which must not shorten the cache."""
+    from rgd_engine.models import load_causal_lm
+
+    monkeypatch.setenv("RGD_FORWARD", forward)
+    policy = load_causal_lm(str(tiny_dirs[arch]))
+    assert policy.forward_kind == forward
+    engine = Engine(policy)
+    bank = make_bank(engine.hidden_size, ["a"], seed=7)
+    greedy = engine.generate(PROMPTS, max_new_tokens=8, ignore_eos=True)
+    guided = engine.generate(PROMPTS, users=["a"] * 3, heads=bank, k=1, weight=2.0, max_new_tokens=8,
+                             ignore_eos=True, return_scores=True)
+    assert [g.token_ids for g in guided] == [g.token_ids for g in greedy]
+    w_u, b_u = bank.head("a")
+    for prompt, g in zip(PROMPTS, guided):
+        seq = engine.encode(prompt)
+        for tok, step in zip(g.token_ids, g.steps):
+            seq = seq + [tok]
+            assert step["candidates"] == [tok]
+            assert step["reward"][0] == pytest.approx(float(full_hidden(policy, seq) @ w_u) + b_u, abs=1e-4, rel=1e-4)

@@ -151,15 +151,39 @@ def test_token_bank_round_trip_and_kind_checks(tmp_path, tiny_dirs, load):
 
 
 def test_token_head_swap_is_seen_next_call(tiny_dirs, load):
+    """An in-place replace (no reallocation) changes the very next call's rewards to the new head's, recomputed
+    here from P, Q and the prefix state."""
     engine = Engine(load(tiny_dirs["llama"]))
     tb = make_token_bank(engine.hidden_size, ["a"], rank=2, seed=0, scale=3.0)
     ptr = tb.P.data_ptr()
-    before = engine.generate(PROMPTS[:1], users=["a"], heads=tb, rule="token", weight=2.0, max_new_tokens=6)[0]
+    kw = dict(users=["a"], heads=tb, rule="token", weight=2.0, max_new_tokens=6, return_scores=True)
+    before = engine.generate(PROMPTS[:1], **kw)[0]
     g = torch.Generator().manual_seed(99)
     tb.replace("a", torch.randn(2, engine.hidden_size, generator=g) * 3, torch.randn(2, engine.hidden_size, generator=g) * 3)
-    after = engine.generate(PROMPTS[:1], users=["a"], heads=tb, rule="token", weight=2.0, max_new_tokens=6,
-                            return_scores=True)[0]
+    after = engine.generate(PROMPTS[:1], **kw)[0]
     assert tb.P.data_ptr() == ptr
+    # step 0 sees the same prefix, hence the same candidates, under both heads
+    assert before.steps[0]["candidates"] == after.steps[0]["candidates"]
+    h = states(engine.policy, engine.encode(PROMPTS[0]))[0][-1].float()
+    cands = torch.tensor(after.steps[0]["candidates"])
+    E = engine.policy.lm_head_weight.float()[cands]  # [k, d]
     P, Q = tb.head("a")
-    assert after.steps[0]["reward"] != pytest.approx([0.0] * 10)
-    assert before.token_ids != after.token_ids or before.steps != after.steps
+    torch.testing.assert_close(torch.tensor(after.steps[0]["reward"]), E @ (P.t() @ (Q @ h)), rtol=1e-4, atol=1e-4)
+    assert before.steps[0]["reward"] != pytest.approx(after.steps[0]["reward"], abs=1e-3)
+
+
+def test_bon_block_honours_per_row_weights(tiny_dirs, load):
+    """A row with a head but w = 0 is not reward-selected: it samples exactly as the same row without a user
+    (the first of its N samples is kept), while w > 0 keeps the best block by r_u."""
+    policy = load(tiny_dirs["llama"])
+    engine = Engine(policy)
+    bank = make_seq_bank(engine.hidden_size, ["a"], seed=5)
+    cfg = dict(rule="bon-block", n_samples=4, block_size=3, max_new_tokens=9, seed=3, ignore_eos=True,
+               return_scores=True)
+    plain = engine.generate(PROMPTS[:1], users=[None], heads=bank, **cfg)[0]
+    w0 = engine.generate(PROMPTS[:1], users=["a"], heads=bank, weights=[0.0], **cfg)[0]
+    w1 = engine.generate(PROMPTS[:1], users=["a"], heads=bank, weights=[1.0], **cfg)[0]
+    assert w0.token_ids == plain.token_ids
+    assert [s["chosen"] for s in w0.steps] == [0, 0, 0]
+    assert [s["chosen"] for s in w1.steps] == [max(range(4), key=lambda n: (s["reward"][n], -n)) for s in w1.steps]
+    assert w1.token_ids != w0.token_ids, "the head must change this row's output (pick another seed if not)"

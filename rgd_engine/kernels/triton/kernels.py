@@ -54,36 +54,53 @@ def lmhead_partial_kernel(h_ptr, w_ptr, part_m_ptr, part_s_ptr, part_v_ptr, part
 
 
 @triton.jit
-def lmhead_merge_kernel(part_m_ptr, part_s_ptr, part_v_ptr, part_i_ptr, logprob_ptr, ids_ptr, lse_ptr, NB, KC, K,
-                        BLOCK_NB: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Stage 2 of lmhead_topk: one program = one row b.
+def lmhead_merge_kernel(in_m_ptr, in_s_ptr, in_v_ptr, in_i_ptr, out_m_ptr, out_s_ptr, out_v_ptr, out_i_ptr,
+                        N_IN, K_IN, GROUP, N_OUT, K_OUT,
+                        FINAL: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One merge round of lmhead_topk (settings.py plans the rounds): one program = row b x group g, the lists
+    c in [g * GROUP, min((g + 1) * GROUP, N_IN)) of row b (inputs [B, N_IN] and [B, N_IN, K_IN]).
 
-    m = max_c m_c,  lse = m + log(sum_c s_c * exp(m_c - m))
-    top-K over the NB * KC partial candidates by (value desc, id asc); logprob = value - lse.
+    m = max_c m_c,  s = sum_c s_c * exp(m_c - m)
+    top-K_OUT over the group's entries by (value desc, id asc); id -1 = no entry.
+    FINAL (one group per row): out_m[b] = lse = m + log(s), out_v = value - lse ([B, K]), out_i = ids.
+    else: out_m/out_s [B, N_OUT] = (m, s), out_v/out_i [B, N_OUT, K_OUT] = the merged list (-inf, -1 padded).
     """
     b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
     neg_inf = float("-inf")
-    offs_nb = tl.arange(0, BLOCK_NB)
-    m_c = tl.load(part_m_ptr + b * NB + offs_nb, mask=offs_nb < NB, other=neg_inf)
-    s_c = tl.load(part_s_ptr + b * NB + offs_nb, mask=offs_nb < NB, other=0.0)
+    c0 = g * GROUP
+    n = tl.minimum(N_IN - c0, GROUP)  # lists in this group
+    offs_g = tl.arange(0, BLOCK_G)
+    m_c = tl.load(in_m_ptr + b * N_IN + c0 + offs_g, mask=offs_g < n, other=neg_inf)
+    s_c = tl.load(in_s_ptr + b * N_IN + c0 + offs_g, mask=offs_g < n, other=0.0)
     m = tl.max(m_c, axis=0)
-    m_safe = tl.where(m == neg_inf, 0.0, m)
-    s = tl.sum(s_c * tl.exp(m_c - m_safe), axis=0)
+    m_safe = tl.where(m == neg_inf, 0.0, m)  # an all -inf group gives (-inf, 0), not nan
+    s = tl.sum(tl.where(m_c == neg_inf, 0.0, s_c * tl.exp(m_c - m_safe)), axis=0)
     lse = tl.where(m == neg_inf, neg_inf, m + tl.log(s))
-    tl.store(lse_ptr + b, lse)
-    n = NB * KC
     offs_c = tl.arange(0, BLOCK_C)
-    v = tl.load(part_v_ptr + b * n + offs_c, mask=offs_c < n, other=neg_inf)
-    ids = tl.load(part_i_ptr + b * n + offs_c, mask=offs_c < n, other=-1)
+    c_ok = offs_c < n * K_IN
+    base = (b * N_IN + c0) * K_IN
+    v = tl.load(in_v_ptr + base + offs_c, mask=c_ok, other=neg_inf)
+    ids = tl.load(in_i_ptr + base + offs_c, mask=c_ok, other=-1)
     taken = ids < 0
     big = 9223372036854775807
-    for r in range(0, K):
+    out = (b * N_OUT + g) * K_OUT
+    for r in range(0, K_OUT):
         vr = tl.where(taken, neg_inf, v)
         mr = tl.max(vr, axis=0)
         best = tl.min(tl.where((~taken) & (vr == mr), ids, big), axis=0)
-        tl.store(logprob_ptr + b * K + r, mr - lse)
-        tl.store(ids_ptr + b * K + r, best)
+        found = best < big
+        if FINAL:
+            tl.store(out_v_ptr + out + r, mr - lse)
+        else:
+            tl.store(out_v_ptr + out + r, tl.where(found, mr, neg_inf))
+        tl.store(out_i_ptr + out + r, tl.where(found, best, -1))
         taken = taken | (ids == best)
+    if FINAL:
+        tl.store(out_m_ptr + b, lse)
+    else:
+        tl.store(out_m_ptr + b * N_OUT + g, m)
+        tl.store(out_s_ptr + b * N_OUT + g, s)
 
 
 @triton.jit
@@ -121,6 +138,7 @@ def score_select_kernel(cand_ptr, bank_w_ptr, bank_b_ptr, slot_ptr, logprob_ptr,
     """ARGS score + select; one program = BLOCK_R rows b, each with head u = slot[b].
 
     r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
+    -inf rule (as gather_score_select_kernel): logprob_j = -inf -> s_j = -inf whatever weight_b and r_j.
     greedy: first argmax of s.  sample: p_j = exp((s_j - max s) / tau), chosen = first j with
     cumsum(p)_j > rand_b * sum(p); no hit (rounding) -> last j with p_j > 0.
     """
@@ -146,7 +164,8 @@ def score_select_kernel(cand_ptr, bank_w_ptr, bank_b_ptr, slot_ptr, logprob_ptr,
     r = tl.where(has_head[:, None], acc + bias[:, None], 0.0)
     lp = tl.load(logprob_ptr + row_k, mask=rk_ok, other=0.0)
     wb = tl.load(weight_ptr + offs_r, mask=r_ok, other=0.0)
-    s = lp + wb[:, None] * r
+    out_of_support = lp == float("-inf")
+    s = tl.where(out_of_support, float("-inf"), lp + wb[:, None] * tl.where(out_of_support, 0.0, r))
     tl.store(rewards_ptr + row_k, r, mask=rk_ok)
     tl.store(scores_ptr + row_k, s, mask=rk_ok)
     if SAMPLE:
