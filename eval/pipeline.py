@@ -280,7 +280,7 @@ def candidate_rewards(cfg: dict, cs, user: str, split: str, emb) -> torch.Tensor
     if cfg["rule"] == "token":
         P, Q = (x.double() for x in cfg[split][user])
         q = (cs.prefix.double() @ Q.t()) @ P  # [T, d]: A_u h_t = P^T Q h_t
-        return torch.einsum("tcd,td->tc", emb.double()[cs.ids], q)
+        return torch.einsum("tcd,td->tc", emb[cs.ids].double(), q)
     return cs.cond_logprob.double() - cs.logprob.double()  # logratio
 
 

@@ -217,7 +217,7 @@ def token_sequence_scores(cs: CandidateStates, emb: torch.Tensor, P: torch.Tenso
                           weights: torch.Tensor, strict: bool = False, reduce: str = "mean") -> torch.Tensor:
     """S(y) of the `token` rule for every head and weight. emb [V, d] (the reward backbone's output
     embedding), P, Q [H, r, d] -> [H, Nw] float64."""
-    e = emb.detach().double().cpu()[cs.ids]  # [T, k+1, d]
+    e = emb.detach()[cs.ids.to(emb.device)].double().cpu()  # [T, k+1, d]: only the candidates' rows are cast
     z = torch.einsum("hrd,td->thr", Q.double(), cs.prefix.double())  # [T, H, r]
     q = torch.einsum("hrd,thr->thd", P.double(), z)  # [T, H, d]: A_h h_t
     r = torch.einsum("tcd,thd->tch", e, q)  # [T, k+1, H]
