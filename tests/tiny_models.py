@@ -99,3 +99,13 @@ def save_tiny(path: Path, arch: str, seed: int = 0, hidden: int = 64, tokenizer=
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
+
+
+def save_tiny_trio(root: Path, tokenizer) -> dict[str, Path]:
+    """The tests' standard tiny models under root: llama (fast forward), gpt2 (HF forward) and a second, narrower
+    llama (a separate reward backbone), all on one tokenizer."""
+    return {
+        "llama": save_tiny(root / "llama", "llama", seed=1, tokenizer=tokenizer),
+        "gpt2": save_tiny(root / "gpt2", "gpt2", seed=2, tokenizer=tokenizer),
+        "rm": save_tiny(root / "rm", "llama", seed=3, hidden=48, tokenizer=tokenizer),
+    }

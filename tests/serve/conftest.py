@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for tiny_
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/serve/ for serve_helpers
 
 from serve_helpers import ADMIN, CHAT_TEMPLATE, Reference, make_engine, running_server, write_banks  # noqa: E402
-from tiny_models import make_tokenizer, save_tiny  # noqa: E402
+from tiny_models import make_tokenizer, save_tiny_trio  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +21,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory, tiny_tokenizer):
     """HF directories of tiny random models: llama (fast forward), gpt2 (HF forward), a second llama (separate RM)."""
-    root = tmp_path_factory.mktemp("tiny-serve")
-    return {
-        "llama": save_tiny(root / "llama", "llama", seed=1, tokenizer=tiny_tokenizer),
-        "gpt2": save_tiny(root / "gpt2", "gpt2", seed=2, tokenizer=tiny_tokenizer),
-        "rm": save_tiny(root / "rm", "llama", seed=3, hidden=48, tokenizer=tiny_tokenizer),
-    }
+    return save_tiny_trio(tmp_path_factory.mktemp("tiny-serve"), tiny_tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Helpers of the rgd-serve tests (a module of its own: `conftest` is an ambiguous name across test folders)."""
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,3 +85,15 @@ def http_json(method: str, url: str, body=None, headers: dict | None = None, raw
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null"), dict(e.headers)
 
+
+def slow_lane_steps(monkeypatch, seconds: float) -> None:
+    """Make every lane step sleep `seconds` first, so a long request is surely still running while a test acts."""
+    from rgd_engine.serve.batch import Lane
+
+    step = Lane.step
+
+    def slow_step(self):
+        time.sleep(seconds)
+        return step(self)
+
+    monkeypatch.setattr(Lane, "step", slow_step)

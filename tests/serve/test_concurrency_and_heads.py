@@ -2,13 +2,12 @@
 Engine.generate answer; live head updates follow the snapshot rule (a request keeps the head it was accepted
 with); head admin endpoints and the bank save."""
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 import torch
-from serve_helpers import ADMIN, USERS, http_json
+from serve_helpers import ADMIN, USERS, http_json, slow_lane_steps
 
 from rgd_engine import GenerationConfig
 from rgd_engine.heads import load_bank
@@ -74,15 +73,8 @@ def _reference_with_head(reference, user, W, b, prompt, n, rgd):
 
 
 def test_head_swap_under_load_keeps_each_request_on_its_admission_head(server, reference, monkeypatch):
-    from rgd_engine.serve.batch import Lane
-
-    step = Lane.step
-
-    def slow_step(self):  # 15 ms a step: a 120-token request is surely still running when the head changes
-        time.sleep(0.015)
-        return step(self)
-
-    monkeypatch.setattr(Lane, "step", slow_step)
+    # 15 ms a step: a 120-token request is surely still running when the head changes
+    slow_lane_steps(monkeypatch, 0.015)
     url, state = server
     d = reference.engine.hidden_size
     g = torch.Generator().manual_seed(7)

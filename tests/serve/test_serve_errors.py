@@ -7,7 +7,7 @@ import urllib.request
 
 import openai
 import pytest
-from serve_helpers import ADMIN, http_json, running_server
+from serve_helpers import ADMIN, http_json, running_server, slow_lane_steps
 
 GOOD = {"model": "tiny", "prompt": "The quick brown", "max_tokens": 4}
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 60  # > 512 positions with the tiny tokenizer
@@ -128,15 +128,8 @@ def test_api_key_no_admin_token_and_default_user(tiny_dirs, bank_files, tmp_path
 
 
 def test_full_queue_gets_429_and_a_disconnected_stream_frees_its_row(tiny_dirs, reference, monkeypatch):
-    from rgd_engine.serve.batch import Lane
-
-    step = Lane.step
-
-    def slow_step(self):  # 20 ms a step: the 500-token request cannot finish before the test closes its stream
-        time.sleep(0.02)
-        return step(self)
-
-    monkeypatch.setattr(Lane, "step", slow_step)
+    # 20 ms a step: the 500-token request cannot finish before the test closes its stream
+    slow_lane_steps(monkeypatch, 0.02)
     with running_server("--model", str(tiny_dirs["llama"]), "--served-model-name", "tiny", "--max-batch", "1",
                         "--max-queue", "1") as (url, state):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
