@@ -203,18 +203,28 @@ def paper_beside_us(results: dict, n_params: int) -> list[dict]:
         rows.append({"claim": "20-point RM-accuracy gaps come with near-identical ROUGE", "ours":
                      {"systems": [a, b], "rm_accuracy_gap": gap, "rouge1_difference": diff},
                      "ci": None if not (da and db) else "see comparisons", "verdict": verdict})
-    if systems:
-        best = max(systems, key=lambda s: gen[s]["rouge1"]["mean"])
-        t = tests.get(f"icl - {best}")
-        if n_params < PAPER_MIN_PARAMS:
-            verdict = f"cannot be tested at this model size ({n_params / 1e6:.0f}M parameters < 3B)"
-        elif t["ci_low"] > 0:
-            verdict = "agrees: ICL is better than the best validated RGD system"
-        else:
-            verdict = "disagrees: ICL is not significantly better than the best validated RGD system"
-        rows.append({"claim": "ICL beats every RGD method for models >= 3B (+3 - 5 ROUGE-1 at 7B)",
-                     "ours": {"icl_minus_best_validated_rgd": t["diff"], "best": best, "p_holm": t["p_holm"]},
-                     "ci": [t["ci_low"], t["ci_high"]], "verdict": verdict})
+    rgd = [s for s in gen if s.startswith("rgd/")]
+    pool = list(systems) or rgd   # validated systems first; else every generated RGD system, said so below
+    claim = "ICL beats every RGD method for models >= 3B (+3 - 5 ROUGE-1 at 7B)"
+    if not pool or "icl" not in gen:
+        rows.append({"claim": claim, "ours": None, "ci": None,
+                     "verdict": "cannot be tested: ICL or RGD generation was not run"})
+        return rows
+    best = max(pool, key=lambda s: gen[s]["rouge1"]["mean"])
+    t = tests.get(f"icl - {best}")
+    if n_params < PAPER_MIN_PARAMS:
+        verdict = f"cannot be tested at this model size ({n_params / 1e6:.0f}M parameters < 3B)"
+    elif t is None:
+        verdict = f"cannot be tested: no paired comparison icl - {best}"
+    elif t["ci_low"] > 0:
+        verdict = "agrees: ICL is better than the best RGD system"
+    else:
+        verdict = "disagrees: ICL is not significantly better than the best RGD system"
+    ours = {"best": best, "best_is_validated": bool(systems)}
+    if t is not None:
+        ours |= {"icl_minus_best_rgd": t["diff"], "p_holm": t["p_holm"]}
+    rows.append({"claim": claim, "ours": ours, "ci": None if t is None else [t["ci_low"], t["ci_high"]],
+                 "verdict": verdict})
     return rows
 
 

@@ -12,6 +12,7 @@ if importlib.util.find_spec("rgd_eval") is None:
     _spec.loader.exec_module(_mod)
 
 
+import os  # noqa: E402
 import random  # noqa: E402
 
 import pytest  # noqa: E402
@@ -20,10 +21,10 @@ import torch  # noqa: E402
 
 @pytest.fixture
 def fresh_seed(request):
-    """A new seed every run (fresh random inputs), reported on failure so the case can be replayed."""
-    seed = random.SystemRandom().randrange(2**31)
+    """A new seed every run (fresh random inputs), reported on failure; RGD_TEST_SEED replays a case."""
+    seed = int(os.environ.get("RGD_TEST_SEED") or random.SystemRandom().randrange(2**31))
     request.node.user_properties.append(("seed", seed))
-    print(f"seed={seed}")
+    print(f"seed={seed} (rerun with RGD_TEST_SEED={seed})")
     return seed
 
 

@@ -160,6 +160,10 @@ def test_results_schema_rouge_and_paper_rows(study):
     assert any("Kendall" in c for c in claims) and any(">= 3B" in c for c in claims)
     size_row = next(r for r in res["paper"] if ">= 3B" in r["claim"])
     assert size_row["verdict"].startswith("cannot be tested at this model size")
+    rgd = {k: v["rouge1"]["mean"] for k, v in res["generation"].items() if k.startswith("rgd/")}
+    assert size_row["ours"]["best"] in rgd
+    if not size_row["ours"]["best_is_validated"]:  # no validated system generated: best over all RGD systems
+        assert rgd[size_row["ours"]["best"]] == max(rgd.values())
     del res["generation"]["icl"]["rougeL"]["ci_low"]
     with pytest.raises(ValueError, match="generation.icl.rougeL.ci_low"):
         validate_results(res)
