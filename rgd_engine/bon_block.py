@@ -6,7 +6,8 @@ its last token, r_u(x o y o block_n), the best block is kept (first on ties) and
 N = 1 is plain sampling; M >= max_new_tokens is plain best-of-N over whole responses.
 
 The N samples are N batch rows, each holding the row's cache: the fan-out and the copy of the winner's cache over
-its group after each block are one gather per block (`KVCache.select_rows`), amortized over M tokens. A sample
+its group after each block are one gather per block (`KVCache.select_rows`), amortized over M tokens; the same
+gather drops the rows that finished. A sample
 that emits EOS is finished: its later tokens are ignored and its reward is read at its EOS. Stop strings are
 applied to the kept tokens only (they cut the text but do not end a sample inside a block). The reward of a
 block is selected by `score_select` with zero log-probs and the row's w, i.e. argmax_n w r_u: the best block for
@@ -46,44 +47,49 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
     rows = [RowStopper(dec.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
     steps: list[list] = [[] for _ in range(B)]
     done = [False] * B
-    zeros = torch.zeros(B, N, device=dev)
+    active = list(range(B))  # the original row of each of the A batch rows (finished rows leave the batch)
     produced = 0
     while produced < cfg.max_new_tokens and not all(done):
+        A = len(active)
         m = min(cfg.block_size, cfg.max_new_tokens - produced)
-        block = torch.empty(B * N, m, dtype=torch.int64, device=dev)  # [B*N, m]
-        finished = torch.zeros(B * N, dtype=torch.bool, device=dev)
-        end_state = scorer.last_hidden.clone()  # [B*N, d]
+        block = torch.empty(A * N, m, dtype=torch.int64, device=dev)  # [A*N, m]
+        finished = torch.zeros(A * N, dtype=torch.bool, device=dev)
+        end_state = scorer.last_hidden.clone()  # [A*N, d]
         for j in range(m):
             logits = filter_logits(dec.policy.logits(policy.last_hidden), cfg.temperature, cfg.top_k, cfg.top_p)
-            tok = torch.where(finished, pad_id, sample_tokens(logits, gen))  # [B*N]
+            tok = torch.where(finished, pad_id, sample_tokens(logits, gen))  # [A*N]
             block[:, j] = tok
             policy.step(tok)
             if rm is not None:
                 rm.step(tok)
             end_state = torch.where(finished[:, None], end_state, scorer.last_hidden)
             finished |= torch.isin(tok, eos_t)
+        zeros = torch.zeros(A, N, device=dev)
         if guided:
             # scores w * r_u: argmax r_u for w > 0; a w = 0 row scores all 0 and keeps sample 0 (plain sampling)
-            best, _, rewards = score_select(end_state.view(B, N, -1), bank.W, bank.b, slots, zeros, weights, GREEDY,
-                                            backend=dec.backend, check_values=False)  # [B], [B, N]; slots checked
+            best, _, rewards = score_select(end_state.view(A, N, -1), bank.W, bank.b, slots, zeros, weights, GREEDY,
+                                            backend=dec.backend, check_values=False)  # [A], [A, N]; slots checked
         else:
-            best, rewards = torch.zeros(B, dtype=torch.int64, device=dev), zeros
-        winners = torch.arange(B, device=dev) * N + best  # [B]
+            best, rewards = torch.zeros(A, dtype=torch.int64, device=dev), zeros
+        winners = torch.arange(A, device=dev) * N + best  # [A]
         kept = block[winners].tolist()
-        for b in range(B):
-            if done[b]:
-                continue
+        for i, b in enumerate(active):
             if cfg.return_scores:
-                steps[b].append({"block": block.view(B, N, m)[b].tolist(), "reward": rewards[b].tolist(),
-                                 "chosen": int(best[b])})
-            for t in kept[b]:
+                steps[b].append({"block": block.view(A, N, m)[i].tolist(), "reward": rewards[i].tolist(),
+                                 "chosen": int(best[i])})
+            for t in kept[i]:
                 done[b] = rows[b].push(t)
                 if done[b]:
                     break
         produced += m
         if produced < cfg.max_new_tokens and not all(done):
-            regroup = winners.repeat_interleave(N)  # every sample of a row continues from the row's winner
+            # every sample of an unfinished row continues from the row's winner; finished rows leave the batch
+            keep = [i for i, b in enumerate(active) if not done[b]]
+            index = torch.tensor(keep, device=dev)
+            regroup = winners[index].repeat_interleave(N)
             policy.select_rows(regroup)
             if rm is not None:
                 rm.select_rows(regroup)
+            slots, weights = slots[index], weights[index]
+            active = [active[i] for i in keep]
     return finish(rows, users, steps if cfg.return_scores else [None] * B, dec.policy.tokenizer is not None)

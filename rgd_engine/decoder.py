@@ -93,31 +93,42 @@ class Decoder:
         """The decode loop. A step reads nothing on the host: its chosen tokens [B] stay on the device until
         sync_every of them are gathered into a [B, n] block, which ONE host read brings over; the rows' stoppers
         then check EOS and the new text for stop strings, and the loop ends once every row is finished.
-        Per-step scores (return_scores) are read once, at the end."""
+        Finished rows leave the batch (`step.select_rows`) once they are a quarter of it: a finished row would
+        otherwise cost a full row of every later forward. Greedy rows are unaffected by who else is in the
+        batch; sampled rows draw from the one generator in batch order, so their draws (not their distribution)
+        depend on when other rows finish. Per-step scores (return_scores) are read once, at the end."""
         dev = self.policy.device
         eos = set() if cfg.ignore_eos else self.eos_ids
         every = cfg.sync_every or (1 if dev.type == "cpu" else 8)
         rows = [RowStopper(self.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
         with_text = self.policy.tokenizer is not None
         done = [False] * B
-        block: list[torch.Tensor] = []  # [B] tokens of the steps not yet on the host
-        infos: list[dict] = []
+        active = list(range(B))  # the original row of each batch row
+        block: list[torch.Tensor] = []  # [B_active] tokens of the steps not yet on the host
+        infos: list[tuple[list[int], dict]] = []  # (active rows, per-step scores [B_active, ...])
         for t in range(cfg.max_new_tokens):
-            tokens, info = step.select()  # [B]
+            tokens, info = step.select()  # [B_active]
             block.append(tokens)
             if cfg.return_scores:
-                infos.append(info)
+                infos.append((active, info))
             last = t == cfg.max_new_tokens - 1
             if len(block) == every or last:
-                host = torch.stack(block, 1).tolist()  # [B, n]: the one host read of n steps
+                host = torch.stack(block, 1).tolist()  # [B_active, n]: the one host read of n steps
                 block = []
-                for b in range(B):
-                    for tok in host[b]:
-                        if done[b]:
+                for row, toks in zip(active, host):
+                    for tok in toks:
+                        if done[row]:
                             break
-                        done[b] = rows[b].push(tok)
+                        done[row] = rows[row].push(tok)
                 if all(done):
                     break
+                n_done = sum(done[row] for row in active)
+                if not last and n_done and 4 * n_done >= len(active):
+                    keep = [i for i, row in enumerate(active) if not done[row]]
+                    index = torch.tensor(keep, device=tokens.device)
+                    step.select_rows(index)
+                    tokens = tokens[index]
+                    active = [active[i] for i in keep]
             if last:
                 break
             step.advance(tokens)
@@ -125,12 +136,24 @@ class Decoder:
         return finish(rows, users, steps, with_text)
 
 
-def _host_steps(infos: list[dict], lengths: list[int]) -> list[list[dict]]:
-    """Per-step score tensors (each [B, ...]) -> per row, one dict of lists per kept step; one host read per key."""
-    if not infos:
-        return [[] for _ in lengths]
-    per_key = {key: torch.stack([info[key] for info in infos], 1).tolist() for key in infos[0]}  # [B, T, ...]
-    return [[{key: per_key[key][b][t] for key in per_key} for t in range(n)] for b, n in enumerate(lengths)]
+def _host_steps(infos: list[tuple[list[int], dict]], lengths: list[int]) -> list[list[dict]]:
+    """Per-step scores (active rows, {key: [B_active, ...]}) -> per row, one dict of lists per kept step.
+    One host read per key and run of steps with the same active rows."""
+    out: list[list[dict]] = [[] for _ in lengths]
+    i = 0
+    while i < len(infos):
+        active = infos[i][0]
+        j = i
+        while j < len(infos) and infos[j][0] is active:
+            j += 1
+        per_key = {key: torch.stack([info[key] for _, info in infos[i:j]], 1).tolist()
+                   for key in infos[i][1]}  # [B_active, j - i, ...]
+        for b, row in enumerate(active):
+            for t in range(j - i):
+                if len(out[row]) < lengths[row]:
+                    out[row].append({key: per_key[key][b][t] for key in per_key})
+        i = j
+    return out
 
 
 def check_rule_inputs(rule: str, bank, cond_prompts, B: int) -> None:
@@ -169,6 +192,10 @@ class _Plain:
     def advance(self, tokens):
         self.policy.step(tokens)
 
+    def select_rows(self, index: torch.Tensor):
+        """Keep batch rows `index` [B'] (the decode loop drops finished rows)."""
+        self.policy.select_rows(index)
+
 
 class _Guided:
     """One reward-guided step, the same for every rule: the policy's candidates C = top-k of pi (`lmhead_topk`),
@@ -193,6 +220,15 @@ class _Guided:
         """cand_ids [B, k], logprob [B, k], rand [B] or None -> chosen [B], scores [B, k], rewards [B, k]."""
         raise NotImplementedError
 
+    def select_rows(self, index: torch.Tensor):
+        """Keep batch rows `index` [B'] of every per-row tensor and stream (the decode loop drops finished rows)."""
+        self.weights = self.weights[index]
+        for stream in self.streams():
+            stream.select_rows(index)
+
+    def streams(self) -> list[Stream]:
+        return [self.policy]
+
     def _gather_score_select(self, query, emb, offset, cand_ids, logprob, ratio: float, rand):
         return gather_score_select(query, emb, cand_ids, offset, logprob, self.weights, ratio, self.mode,
                                    self.cfg.temperature, rand, backend=self.dec.backend,
@@ -214,6 +250,13 @@ class _Args(_Guided):
                            check_values=False)  # slots checked once per generate
         self.scorer.keep(out[0], self.k, cand_hidden)  # shared trunk: this is also the policy's next state
         return out
+
+    def select_rows(self, index):
+        super().select_rows(index)
+        self.slots = self.slots[index]
+
+    def streams(self):
+        return [self.policy] + ([self.rm] if self.rm is not None else [])
 
     def advance(self, tokens):
         if self.rm is not None:
@@ -240,6 +283,13 @@ class _Token(_Guided):
         if self.rm is not None:
             self.rm.step(tokens)
 
+    def select_rows(self, index):
+        super().select_rows(index)
+        self.slots, self.zeros = self.slots[index], self.zeros[index]
+
+    def streams(self):
+        return [self.policy] + ([self.rm] if self.rm is not None else [])
+
 
 class _LogRatio(_Guided):
     """PAD-style: r_u(v) = log pi_u(v) - log pi(v) with pi_u the profile-conditioned policy (its own KV cache)."""
@@ -257,3 +307,6 @@ class _LogRatio(_Guided):
     def advance(self, tokens):
         self.policy.step(tokens)
         self.cond.step(tokens)
+
+    def streams(self):
+        return [self.policy, self.cond]

@@ -20,6 +20,7 @@ forward of the profile-conditioned prompt gives log pi_u at the candidates (the 
 x o y is one cached forward (the prompt's part shared by all responses to it: `prompt_candidate_states`); the
 T*k top-k candidates are one more forward over that cache, candidate (t, j) at y_t's position attending to
 x o y<t and itself only. The gold token needs no extra slot: its causal state in x o y is exactly that.
+Under the fast forward, x and all its responses are one forward and all their trees one more.
 """
 from __future__ import annotations
 
@@ -79,6 +80,11 @@ def _continue(model: CausalLM, prefix, ids: list[int], **kw) -> torch.Tensor:
                       **kw).last_hidden_state[0], cache
 
 
+def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
+    """bool [q, T] (True = may attend) -> additive mask [1, 1, q, T] of the model dtype."""
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+
+
 class _HFPrompt:
     """A prompt x in an HF DynamicCache (every architecture): each response continues a copy of it, and its tree
     continues a copy of x o y. Models with sliding-window layers run the tree cache-free over x o y o C instead,
@@ -88,58 +94,85 @@ class _HFPrompt:
         self.model, self.ids = model, ids
         self.last, self.cache = _prefix(model, ids)  # [d], cache of x
 
-    def extend(self, y: list[int]) -> torch.Tensor:
-        """-> [T, d] states of x o y_<=t; x o y stays ready for tree()."""
-        self.y = y
-        h, self.tail = _continue(self.model, (None, self.cache), y)
-        return h
+    def extend_all(self, ys: list[list[int]]) -> list[torch.Tensor]:
+        """-> [T_i, d] states of x o y_i,<=t per response; each x o y_i stays ready for tree_all()."""
+        self.ys, self.tails, out = ys, [], []
+        for y in ys:
+            h, tail = _continue(self.model, (None, self.cache), y)
+            self.tails.append(tail)
+            out.append(h)
+        return out
 
-    def tree(self, cand: torch.Tensor) -> torch.Tensor:
-        """cand [T, k] candidate ids after x o y (from extend) -> [T*k, d] tree states."""
+    def tree_all(self, cands: list[torch.Tensor]) -> list[torch.Tensor]:
+        """cands [T_i, k] candidate ids after x o y_i (from extend_all) -> [T_i*k, d] tree states each."""
+        return [self._tree(y, tail, c) for y, tail, c in zip(self.ys, self.tails, cands)]
+
+    def _tree(self, y: list[int], tail, cand: torch.Tensor) -> torch.Tensor:
         P, (T, k), dev = len(self.ids), cand.shape, self.model.device
         pos = (P + torch.arange(T, device=dev)).repeat_interleave(k)[None]  # [1, T*k]: candidate (t, j) at P + t
         if self.model.window is None:
             mask = _candidate_mask(P, T, k, self.model.dtype).to(dev)
-            return _continue(self.model, (None, self.tail), cand.reshape(-1).tolist(), position_ids=pos,
+            return _continue(self.model, (None, tail), cand.reshape(-1).tolist(), position_ids=pos,
                              attention_mask=mask)[0]
-        ids = torch.cat([torch.tensor(self.ids + self.y, device=dev), cand.reshape(-1)])[None]
+        ids = torch.cat([torch.tensor(self.ids + y, device=dev), cand.reshape(-1)])[None]
         full_pos = torch.cat([torch.arange(P + T, device=dev)[None], pos], dim=1)
         mask = _candidate_mask(P, T, k, self.model.dtype, with_main=True).to(dev)
         return self.model.masked_forward(ids, full_pos, mask)[0, P + T:]
 
 
 class _FastPrompt:
-    """A prompt x forwarded once into the engine's tensor KV cache by the fast Llama-family forward: each
-    response y is written into the slots after x (overwriting the previous response's), its tree after x o y,
-    so nothing is copied and every forward is one fused-weight pass."""
+    """A prompt x and all its responses in the engine's tensor KV cache, by the fast Llama-family forward: x and
+    every y_i are ONE forward (the responses side by side after x, each seeing x and itself only), and the
+    candidate trees of all responses one more. Few, large forwards keep the matmuls near the CPU's peak."""
 
     def __init__(self, model: CausalLM, ids: list[int], room: int):
-        self.model, self.P = model, len(ids)
+        self.model, self.ids, self.P = model, ids, len(ids)
         self.cache = model.new_cache(1, self.P + room)
-        self.last = self._causal(ids, 0)[-1]  # [d]
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
-        """ids [1, q] written at slots [start, start + q), mask [1, 1, q, start + q] -> hidden [q, d]."""
-        self.cache.length = start  # the tensor forward writes K/V at slots [length, length + q)
-        return self.model.forward(ids, pos, mask, self.cache)[0]
+    def _forward(self, ids: list[int], pos: list[int], allowed: torch.Tensor) -> torch.Tensor:
+        """ids written at slots [length, length + q), allowed [q, length + q] bool -> hidden [q, d]."""
+        dev = self.model.device
+        mask = _additive(allowed, self.model.dtype).to(dev)
+        h = self.model.forward(torch.tensor([ids], device=dev), torch.tensor([pos], device=dev), mask, self.cache)
+        self.cache.length += len(ids)
+        return h[0]
 
-    def _causal(self, ids: list[int], start: int) -> torch.Tensor:
-        """ids appended causally after slots [0, start) -> [len(ids), d]."""
-        n, dev = len(ids), self.model.device
-        allowed = torch.ones(n, start + n, dtype=torch.bool).tril(start)  # query i sees slots <= start + i
-        mask = torch.zeros(n, start + n, dtype=self.model.dtype).masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
-        return self._forward(torch.tensor([ids], device=dev), torch.arange(start, start + n, device=dev)[None],
-                             mask[None, None].to(dev), start)
+    def extend_all(self, ys: list[list[int]]) -> list[torch.Tensor]:
+        """x o y_1 o ... o y_n in one forward: slot s of response i sees x and y_i's slots up to s."""
+        P, lens = self.P, [len(y) for y in ys]
+        owner = torch.tensor([-1] * P + [i for i, n in enumerate(lens) for _ in range(n)])  # response of each slot
+        n = owner.numel()
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        allowed = causal & ((owner[None, :] == -1) | (owner[None, :] == owner[:, None]))
+        pos = list(range(P)) + [P + t for m in lens for t in range(m)]
+        self.cache.length = 0
+        h = self._forward(self.ids + [v for y in ys for v in y], pos, allowed)
+        self.last = h[P - 1]  # [d]
+        self.starts = [P + sum(lens[:i]) for i in range(len(ys))]  # first slot of each response
+        return [h[st:st + m] for st, m in zip(self.starts, lens)]
 
-    def extend(self, y: list[int]) -> torch.Tensor:
-        self.T = len(y)
-        return self._causal(y, self.P)
-
-    def tree(self, cand: torch.Tensor) -> torch.Tensor:
-        (T, k), dev = cand.shape, self.model.device
-        pos = (self.P + torch.arange(T, device=dev)).repeat_interleave(k)[None]  # [1, T*k]
-        mask = _candidate_mask(self.P, T, k, self.model.dtype).to(dev)
-        return self._forward(cand.reshape(1, -1), pos, mask, self.P + T)
+    def tree_all(self, cands: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Candidate (i, t, j) at position P + t sees x, y_i,<t and itself: all trees in one forward."""
+        P, start = self.P, self.cache.length
+        rows, pos, ids, sizes = [], [], [], []
+        for st, cand in zip(self.starts, cands):
+            T, k = cand.shape
+            t = torch.arange(T).repeat_interleave(k)  # [T*k]: step of each candidate
+            rows.append((st, t))
+            pos += (P + t).tolist()
+            ids += cand.reshape(-1).tolist()
+            sizes.append(T * k)
+        q = len(ids)
+        allowed = torch.zeros(q, start + q, dtype=torch.bool)
+        allowed[:, :P] = True
+        r0 = 0
+        for (st, t), size in zip(rows, sizes):
+            slots = torch.arange(start)[None, :]
+            allowed[r0:r0 + size, :start] |= (slots >= st) & (slots < st + t[:, None])
+            r0 += size
+        allowed[torch.arange(q), start + torch.arange(q)] = True
+        h = self._forward(ids, pos, allowed)
+        return list(h.split(sizes))
 
 
 def _prompt(model: CausalLM, ids: list[int], room: int):
@@ -171,34 +204,39 @@ def prompt_candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: li
         raise ValueError("the conditioned prompt is empty (0 tokens)")
     dev = policy.device
     shared = backbone is policy
-    T_max = max(len(r) for r in responses)
-    x_back = _prompt(backbone, prompt_ids, T_max * (k + 1))
-    x_pol = x_back if shared else _prompt(policy, prompt_ids, T_max)
-    c_pol = _prompt(policy, cond_prompt_ids, T_max) if cond_prompt_ids is not None else None
+    total = sum(len(r) for r in responses)
+    x_back = _prompt(backbone, prompt_ids, total * (k + 1))
+    x_pol = x_back if shared else _prompt(policy, prompt_ids, total)
+    c_pol = _prompt(policy, cond_prompt_ids, total) if cond_prompt_ids is not None else None
+    hs_back = x_back.extend_all(responses)  # [T_i, d] each: states of x o y_i,<=t
+    hs_pol = hs_back if shared else x_pol.extend_all(responses)
+    # the states that predict y_1..y_T of every response, in one LM-head call
+    before = torch.cat([torch.cat([x_pol.last[None], h[:-1]]) for h in hs_pol])  # [sum T_i, d]
+    top_lp, top_ids, lse = lmhead_topk(before, policy.lm_head_weight, k, backend=backend)  # [sum T, k] x2, [sum T]
+    gold = torch.tensor([v for y in responses for v in y], device=dev)  # [sum T]
+    gold_logit = (before.float() * policy.lm_head_weight[gold].float()).sum(-1)  # [sum T]
+    logprob = torch.cat([top_lp, (gold_logit - lse)[:, None]], dim=1)  # [sum T, k+1]
+    hit = top_ids == gold[:, None]  # [sum T, k]
+    gold_index = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(gold, k))
+    cand_ids = torch.cat([top_ids, gold[:, None]], dim=1)  # [sum T, k+1]
+    lens = [len(y) for y in responses]
+    # Candidate (t, j) sits at y_t's position P + t and attends to x o y<t and itself (depth-1 tree).
+    trees = x_back.tree_all(list(top_ids.split(lens)))  # [T_i*k, d] each
+    cond = None
+    if c_pol is not None:
+        hs_c = c_pol.extend_all(responses)  # [T_i, d] each
+        h_c = torch.cat([torch.cat([c_pol.last[None], h[:-1]]) for h in hs_c])  # [sum T, d]: predict y_t | c_u o x
+        _, _, lse_c = lmhead_topk(h_c, policy.lm_head_weight, 1, backend=backend)  # [sum T]: log Z of pi_u
+        # only the k+1 candidates' rows of the LM head are read (as the logratio decoding step does)
+        cand_logit = torch.einsum("td,tcd->tc", h_c.float(), policy.lm_head_weight[cand_ids].float())
+        cond = (cand_logit - lse_c[:, None]).cpu().split(lens)  # [T_i, k+1] each
     out = []
-    for y in responses:
-        T = len(y)
-        h_back = x_back.extend(y)  # [T, d]: states of x o y_<=t
-        h_pol = h_back if shared else x_pol.extend(y)
-        before = torch.cat([x_pol.last[None], h_pol[:-1]])  # [T, d]: the states that predict y_1..y_T
-        top_lp, top_ids, lse = lmhead_topk(before, policy.lm_head_weight, k, backend=backend)  # [T, k] x2, [T]
-        gold = torch.tensor(y, device=dev)  # [T]
-        gold_logit = (before.float() * policy.lm_head_weight[gold].float()).sum(-1)  # [T]
-        logprob = torch.cat([top_lp, (gold_logit - lse)[:, None]], dim=1)  # [T, k+1]
-        hit = top_ids == gold[:, None]  # [T, k]
-        gold_index = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(gold, k))
-        # Candidate (t, j) sits at y_t's position P + t and attends to x o y<t and itself (depth-1 tree).
-        cand = x_back.tree(top_ids).view(T, k, -1)  # [T, k, d]
-        states = torch.cat([cand, h_back[:, None]], dim=1).float().cpu()  # [T, k+1, d]: y_t's causal state last
+    for i, (T, h_back, tree) in enumerate(zip(lens, hs_back, trees)):
+        states = torch.cat([tree.view(T, k, -1), h_back[:, None]], dim=1).float().cpu()  # [T, k+1, d]: y_t last
         prefix = torch.cat([x_back.last[None], h_back[:-1]]).float().cpu()  # [T, d]: states of x o y<t
-        cand_ids = torch.cat([top_ids, gold[:, None]], dim=1)  # [T, k+1]
-        cond = None
-        if c_pol is not None:
-            h_c = c_pol.extend(y)  # [T, d]
-            h_c = torch.cat([c_pol.last[None], h_c[:-1]]).float()  # [T, d]: states that predict y_t given c_u o x
-            logits = h_c @ policy.lm_head_weight.float().t()  # [T, V]: T is a short response, so this stays small
-            cond = torch.log_softmax(logits, -1).gather(1, cand_ids.to(h_c.device)).cpu()
-        out.append(CandidateStates(logprob.float().cpu(), states, gold_index.cpu(), cand_ids.cpu(), prefix, cond))
+        rows = slice(sum(lens[:i]), sum(lens[:i + 1]))
+        out.append(CandidateStates(logprob[rows].float().cpu(), states, gold_index[rows].cpu(),
+                                   cand_ids[rows].cpu(), prefix, None if cond is None else cond[i]))
     return out
 
 

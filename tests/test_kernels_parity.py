@@ -253,6 +253,49 @@ def test_bfloat16_matrices_are_widened_exactly(name, device):
                        reference.GREEDY, 1.0, *out)
 
 
+BF16_GRID = [(B, V, d) for B in (1, 2, 3, 4, 5, 17) for V, d in ((1000, 576), (111, 33), (300, 100))] + \
+    [(16, 49152, 576)]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("B,V,d", BF16_GRID, ids=[f"B{b}-V{v}-d{d}" for b, v, d in BF16_GRID])
+def test_lmhead_topk_bfloat16_hidden_and_weight(name, B, V, d, device):
+    """bf16 x bf16 (the bf16 engine's decode step; AVX512-BF16 dot products in the C++ backend where the CPU has
+    them): every B of the 4-row register tile and its leftovers, d not a multiple of the 32-lane loads."""
+    if name == "triton" and INTERPRETED:
+        pytest.skip("the triton interpreter backend is float32 only")
+    mod = backend_module(name, device)
+    hidden = torch.randn(B, d, device=device).bfloat16()
+    weight = (torch.randn(V, d, device=device) / math.sqrt(d) * 4).bfloat16()
+    check_lmhead(hidden.float(), weight.float(), 10, *mod.lmhead_topk(hidden, weight, 10))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_lmhead_topk_bfloat16_ties_lowest_id_first(name, device):
+    if name == "triton" and INTERPRETED:
+        pytest.skip("the triton interpreter backend is float32 only")
+    mod = backend_module(name, device)
+    B, V, d, k = 5, 1000, 70, 64  # small integers are exact in bf16 and their dot products exact in fp32
+    hidden = torch.randint(-2, 3, (B, d), device=device).bfloat16()
+    weight = torch.randint(-1, 2, (V, d), device=device).bfloat16()
+    weight[500:600] = weight[7]
+    logprob, ids, lse = mod.lmhead_topk(hidden, weight, k)
+    ref_lp, ref_ids, ref_lse = reference.lmhead_topk_ref(hidden.cpu().float(), weight.cpu().float(), k)
+    assert torch.equal(ids.cpu(), ref_ids), "ties must be broken by the lowest token id"
+    torch.testing.assert_close(logprob.cpu(), ref_lp, rtol=RTOL, atol=1e-5)
+
+
+def test_cpp_bfloat16_path_matches_the_cpu_flags():
+    """The AVX512-BF16 path runs exactly where the CPU advertises the instructions (Linux: /proc/cpuinfo)."""
+    _C = pytest.importorskip("rgd_engine._C")
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    want = {"avx512f", "avx512bw", "avx512_bf16"} <= flags
+    assert _C.lmhead_topk_bf16_is_native() == want
+
+
 # ---- gather_score_select -----------------------------------------------------------------------------------------
 
 RATIOS = (0.0, 1.0)  # the `token` rule (0) and the `logratio` rule (1)

@@ -25,7 +25,8 @@ void check_matrix_dtype(const torch::Tensor& t, const char* op, const char* name
               " must be float32 or bfloat16, got ", t.scalar_type());
 }
 
-// hidden [B, d] f32, weight [V, d] f32|bf16 -> logprob [B, k] f32, ids [B, k] i64, lse [B] f32 (outputs)
+// hidden [B, d] f32 (or bf16 with a bf16 weight), weight [V, d] f32|bf16 -> logprob [B, k] f32, ids [B, k] i64,
+// lse [B] f32 (outputs)
 void lmhead_topk_out(const torch::Tensor& hidden, const torch::Tensor& weight, int64_t k, torch::Tensor logprob,
                      torch::Tensor ids, torch::Tensor lse) {
   const char* op = "rgd_engine._C.lmhead_topk";
@@ -34,7 +35,8 @@ void lmhead_topk_out(const torch::Tensor& hidden, const torch::Tensor& weight, i
   const int64_t B = hidden.size(0), d = hidden.size(1), V = weight.size(0);
   TORCH_CHECK(weight.size(1) == d, op, ": hidden dim ", d, " != weight dim ", weight.size(1));
   TORCH_CHECK(k >= 1 && k <= V, op, ": k=", k, " must be in [1, V=", V, "]");
-  check(hidden, op, "hidden", at::kFloat, {B, d});
+  const bool both_bf16 = hidden.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16;
+  check(hidden, op, "hidden", both_bf16 ? at::kBFloat16 : at::kFloat, {B, d});
   check_cpu_contig(weight, op, "weight");
   check_matrix_dtype(weight, op, "weight");
   check(logprob, op, "logprob", at::kFloat, {B, k});
@@ -42,7 +44,11 @@ void lmhead_topk_out(const torch::Tensor& hidden, const torch::Tensor& weight, i
   check(lse, op, "lse", at::kFloat, {B});
   if (B == 0) return;
   pybind11::gil_scoped_release no_gil;
-  if (weight.scalar_type() == at::kFloat) {
+  if (both_bf16) {
+    rgd::cpu::lmhead_topk_bf16(reinterpret_cast<const rgd::cpu::BFloat16*>(hidden.data_ptr()),
+                               reinterpret_cast<const rgd::cpu::BFloat16*>(weight.data_ptr()), B, V, d, k,
+                               logprob.data_ptr<float>(), ids.data_ptr<int64_t>(), lse.data_ptr<float>());
+  } else if (weight.scalar_type() == at::kFloat) {
     rgd::cpu::lmhead_topk(hidden.data_ptr<float>(), weight.data_ptr<float>(), B, V, d, k, logprob.data_ptr<float>(),
                           ids.data_ptr<int64_t>(), lse.data_ptr<float>());
   } else {
@@ -145,6 +151,8 @@ void gather_score_select_out(const torch::Tensor& query, const torch::Tensor& em
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rgd-engine fused CPU kernels (C++17 + OpenMP)";
+  m.def("lmhead_topk_bf16_is_native", &rgd::cpu::lmhead_topk_bf16_is_native,
+        "whether bf16 x bf16 lmhead_topk runs on AVX512-BF16 (else the hidden rows are widened to fp32)");
   m.def("lmhead_topk_out", &lmhead_topk_out, "top-k log-softmax of the LM head into outputs",
         pybind11::arg("hidden"), pybind11::arg("weight"), pybind11::arg("k"), pybind11::arg("logprob"),
         pybind11::arg("ids"), pybind11::arg("lse"));

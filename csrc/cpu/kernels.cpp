@@ -7,6 +7,9 @@
 // Work split: V is cut into chunks of kChunkRows W rows; each OpenMP task streams one chunk once for all
 // B rows (blocks of 4 W rows stay in L1 while they are dotted with every h_b, two h_b at a time) and keeps
 // per-(chunk, row) partials; a second stage merges the partials of each row.
+// bf16 hidden and weight on a CPU with AVX512-BF16: the chunk logits come from VDPBF16PS (32 bf16 products
+// per instruction, exact in fp32, accumulated in fp32), a 4 W rows x 4 h rows register tile; otherwise the
+// hidden rows are widened to fp32 and the portable loops above run (same maths, other summation order).
 //
 // score_select, per row b with u = slot_b:
 //   r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
@@ -20,7 +23,12 @@
 //   -inf rule: the ratio term only when ratio != 0; logprob_j = -inf -> s_j = -inf, never chosen (all -inf -> 0).
 #include "kernels.h"
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -102,6 +110,57 @@ inline void chunk_logits(const float* hidden, const T* weight, int64_t B, int64_
     for (int64_t b = 0; b < B; ++b) tile[b * kChunkRows + r] = dot(hidden + b * d, weight + (v0 + r) * d, d);
 }
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#define RGD_DPBF16 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive inside _mm512_reduce_add_ps
+// tile[b * kChunkRows + r] = h_b . W_{v0 + r} for r < len, b < B, from NR W rows x NB h rows per pass.
+// Rows past the end are clamped to the last valid row (computed again, never stored), so every pass runs the
+// same fully unrolled register tile; the tail of d is a masked load (zeros contribute nothing).
+template <int NR, int NB>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void dpbf16_tile(const BFloat16* hidden, int64_t b0,
+                                                                          int64_t B, const BFloat16* weight,
+                                                                          int64_t v0, int64_t len, int64_t d,
+                                                                          float* tile) {
+  for (int64_t r = 0; r < len; r += NR) {
+    const uint16_t* w[NR];
+    const uint16_t* h[NB];
+    for (int j = 0; j < NR; ++j) w[j] = &weight[(v0 + std::min<int64_t>(r + j, len - 1)) * d].bits;
+    for (int q = 0; q < NB; ++q) h[q] = &hidden[std::min<int64_t>(b0 + q, B - 1) * d].bits;
+    __m512 acc[NR][NB];
+    for (int j = 0; j < NR; ++j)
+      for (int q = 0; q < NB; ++q) acc[j][q] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < d; i += 32) {
+      const __mmask32 m = d - i >= 32 ? ~__mmask32(0) : (__mmask32(1) << (d - i)) - 1;
+      __m512bh wv[NR], hv[NB];
+      for (int j = 0; j < NR; ++j) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(m, w[j] + i);
+      for (int q = 0; q < NB; ++q) hv[q] = (__m512bh)_mm512_maskz_loadu_epi16(m, h[q] + i);
+      for (int j = 0; j < NR; ++j)
+        for (int q = 0; q < NB; ++q) acc[j][q] = _mm512_dpbf16_ps(acc[j][q], wv[j], hv[q]);
+    }
+    for (int j = 0; j < NR && r + j < len; ++j)
+      for (int q = 0; q < NB && b0 + q < B; ++q) tile[(b0 + q) * kChunkRows + r + j] = _mm512_reduce_add_ps(acc[j][q]);
+  }
+}
+
+inline bool cpu_has_dpbf16() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512bf16");
+  return ok;
+}
+
+// chunk_logits for bf16 hidden rows: groups of 4 h rows, then the 1-3 left over (8 W rows per pass for one).
+inline void chunk_logits_dpbf16(const BFloat16* hidden, const BFloat16* weight, int64_t B, int64_t d, int64_t v0,
+                                int64_t len, float* tile) {
+  int64_t b = 0;
+  for (; b + 4 <= B; b += 4) dpbf16_tile<4, 4>(hidden, b, B, weight, v0, len, d, tile);
+  if (B - b == 3) dpbf16_tile<4, 3>(hidden, b, B, weight, v0, len, d, tile);
+  if (B - b == 2) dpbf16_tile<4, 2>(hidden, b, B, weight, v0, len, d, tile);
+  if (B - b == 1) dpbf16_tile<8, 1>(hidden, b, B, weight, v0, len, d, tile);
+}
+#pragma GCC diagnostic pop
+#endif
+
 template <typename T>
 inline float dot2(const T* a, const T* b, int64_t d) {
   float acc = 0.f;
@@ -176,9 +235,10 @@ inline int64_t select_index(const float* s, int64_t k, bool sample, float tau, f
 
 }  // namespace
 
-template <typename T>
-void lmhead_topk(const float* hidden, const T* weight, int64_t B, int64_t V, int64_t d, int64_t k,
-                 float* logprob, int64_t* ids, float* lse) {
+namespace {
+// chunk(v0, len, tile) fills tile[b * kChunkRows + r] = logit of row b, vocabulary entry v0 + r.
+template <typename ChunkFn>
+void lmhead_topk_impl(ChunkFn chunk, int64_t B, int64_t V, int64_t k, float* logprob, int64_t* ids, float* lse) {
   const int64_t n_chunks = (V + kChunkRows - 1) / kChunkRows;
   const int64_t kc = std::min(k, kChunkRows);  // a chunk can contribute at most kc candidates
   // partials indexed [chunk, b]
@@ -191,7 +251,7 @@ void lmhead_topk(const float* hidden, const T* weight, int64_t B, int64_t V, int
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < n_chunks; ++c) {
       const int64_t v0 = c * kChunkRows, len = std::min(kChunkRows, V - v0);
-      chunk_logits(hidden, weight, B, d, v0, len, tile.data());
+      chunk(v0, len, tile.data());
       for (int64_t b = 0; b < B; ++b) {
         const float* z = tile.data() + b * kChunkRows;
         const int64_t p = c * B + b;
@@ -230,6 +290,37 @@ void lmhead_topk(const float* hidden, const T* weight, int64_t B, int64_t V, int
       }
     }
   }
+}
+}  // namespace
+
+template <typename T>
+void lmhead_topk(const float* hidden, const T* weight, int64_t B, int64_t V, int64_t d, int64_t k,
+                 float* logprob, int64_t* ids, float* lse) {
+  lmhead_topk_impl([&](int64_t v0, int64_t len, float* tile) { chunk_logits(hidden, weight, B, d, v0, len, tile); },
+                   B, V, k, logprob, ids, lse);
+}
+
+void lmhead_topk_bf16(const BFloat16* hidden, const BFloat16* weight, int64_t B, int64_t V, int64_t d, int64_t k,
+                      float* logprob, int64_t* ids, float* lse) {
+#ifdef RGD_DPBF16
+  if (cpu_has_dpbf16()) {
+    lmhead_topk_impl(
+        [&](int64_t v0, int64_t len, float* tile) { chunk_logits_dpbf16(hidden, weight, B, d, v0, len, tile); }, B,
+        V, k, logprob, ids, lse);
+    return;
+  }
+#endif
+  std::vector<float> wide(B * d);  // bf16 -> fp32 is exact
+  for (int64_t i = 0; i < B * d; ++i) wide[i] = to_float(hidden[i]);
+  lmhead_topk(wide.data(), weight, B, V, d, k, logprob, ids, lse);
+}
+
+bool lmhead_topk_bf16_is_native() {
+#ifdef RGD_DPBF16
+  return cpu_has_dpbf16();
+#else
+  return false;
+#endif
 }
 
 template <typename T>

@@ -18,6 +18,12 @@ template <typename T>
 void lmhead_topk(const float* hidden, const T* weight, int64_t B, int64_t V, int64_t d, int64_t k,
                  float* logprob, int64_t* ids, float* lse);
 
+// hidden and weight both bfloat16: VDPBF16PS where the CPU has AVX512-BF16 (lmhead_topk_bf16_is_native),
+// else the hidden rows widened to float32 and lmhead_topk<BFloat16>.
+void lmhead_topk_bf16(const BFloat16* hidden, const BFloat16* weight, int64_t B, int64_t V, int64_t d, int64_t k,
+                      float* logprob, int64_t* ids, float* lse);
+bool lmhead_topk_bf16_is_native();
+
 // cand_hidden [B, k, d], bank_w [U, d] (T), bank_b [U], slot [B] (-1 = no head), logprob [B, k],
 // weight [B], rand [B] (sample only) -> chosen [B], scores [B, k], rewards [B, k].
 template <typename T>

@@ -39,7 +39,10 @@ def lmhead_topk(hidden, weight, k, out=None):
     if out is None:
         out = (torch.empty(B, k), torch.empty(B, k, dtype=torch.int64), torch.empty(B))
     logprob, ids, lse = out
-    _C.lmhead_topk_out(hidden.float().contiguous(), _matrix(weight), int(k), logprob, ids, lse)
+    weight = _matrix(weight)
+    # bf16 x bf16 goes to the AVX512-BF16 dot products; any other hidden is widened to fp32
+    hidden = hidden.contiguous() if hidden.dtype == weight.dtype == torch.bfloat16 else hidden.float().contiguous()
+    _C.lmhead_topk_out(hidden, weight, int(k), logprob, ids, lse)
     return logprob, ids, lse
 
 

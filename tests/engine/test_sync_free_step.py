@@ -1,5 +1,6 @@
 """The decode step reads nothing on the host: tokens reach it in blocks of sync_every steps, and the outputs do not
 depend on the block size (EOS, stop strings, per-step scores, every rule)."""
+import numpy as np
 import pytest
 import torch
 
@@ -31,8 +32,15 @@ def test_outputs_do_not_depend_on_the_host_block_size(tiny_dirs, load, rule):
         kw.update(_kw(engine, rule))
     runs = [engine.generate(PROMPTS, sync_every=n, **kw) for n in (1, 3, 8, 64)]
     for run in runs[1:]:
-        assert [(g.token_ids, g.text, g.finish_reason, g.steps) for g in run] == \
-               [(g.token_ids, g.text, g.finish_reason, g.steps) for g in runs[0]]
+        assert [(g.token_ids, g.text, g.finish_reason) for g in run] == \
+               [(g.token_ids, g.text, g.finish_reason) for g in runs[0]]
+        # finished rows leave the batch at the host reads, so the batch shapes (and float rounding) differ
+        for g, ref in zip(run, runs[0]):
+            assert len(g.steps) == len(ref.steps)
+            for s, r in zip(g.steps, ref.steps):
+                assert s.keys() == r.keys()
+                for key in s:
+                    assert np.allclose(s[key], r[key], rtol=1e-5, atol=1e-6), key
     assert {g.finish_reason for g in runs[0]} >= {"stop"} or rule == "bon-block"
 
 
@@ -43,3 +51,35 @@ def test_a_step_reads_nothing_on_the_host(tiny_dirs, load, case):
     engine = Engine(load(tiny_dirs["llama"]), backend="torch")
     for every in (1, 4):
         assert syncs_per_step(engine, case, PROMPTS, new_tokens=5, sync_every=every) == pytest.approx(1 / every)
+
+
+@pytest.mark.parametrize("rule", ["plain", "args", "token", "logratio", "bon-block"])
+def test_finished_rows_leave_the_batch_and_each_row_equals_it_alone(tiny_dirs, load, monkeypatch, rule):
+    """Rows that stop early leave the batch: the forwards' batch shrinks, and every row's tokens equal those of
+    the row decoded alone (where it never shares a batch). bon-block samples from one generator in batch order,
+    so its draws depend on the batch: only the shrink is checked there."""
+    engine = Engine(load(tiny_dirs["llama"]))
+    prompts = PROMPTS + ["Once upon a time", "A"]
+    kw = dict(max_new_tokens=16, k=4, stop=tuple("aeiost"))
+    if rule != "plain":
+        kw["weights"] = [0.5, 1.5, 3.0, 1.0, 2.0]
+        kw.update(_kw(engine, rule))
+        if "users" in kw:  # two users, so a row given another row's head would decode differently
+            kw["users"] = ["a", None, "b", "a", "b"]
+            kw["heads"] = (make_token_bank(engine.hidden_size, ["a", "b"], rank=2, seed=3) if rule == "token"
+                           else make_bank(engine.hidden_size, ["a", "b"], seed=3))
+        if "cond_prompts" in kw:
+            kw["cond_prompts"] = ["A profile. " + p for p in prompts]
+    sizes = []
+    forward = engine.policy.forward
+    monkeypatch.setattr(engine.policy, "forward", lambda ids, *a: sizes.append(ids.shape[0]) or forward(ids, *a))
+    batched = engine.generate(prompts, **kw)
+    lengths = [len(g.token_ids) for g in batched]
+    assert min(lengths) < max(lengths), lengths  # rows do finish at different steps
+    assert min(sizes) < max(sizes), (lengths, sizes)  # ... and leave the batch
+    if rule == "bon-block":
+        return
+    for i, (p, g) in enumerate(zip(prompts, batched)):
+        one = {key: [v[i]] if isinstance(v, list) and len(v) == len(prompts) else v for key, v in kw.items()}
+        alone = engine.generate([p], **one)[0]
+        assert (alone.token_ids, alone.finish_reason) == (g.token_ids, g.finish_reason), (rule, i)
