@@ -77,7 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=10, help="candidates per step (top-k of the policy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                   help="policy dtype (default bfloat16: on CPU the study runs 1.6 - 1.9x faster than float32 with its "
+                        "metrics inside the float32 CIs, README Results)")
     p.add_argument("--output-dir", default="runs/rgd-eval", help="run folder; rerunning resumes from its cache")
     p.add_argument("--rejected", default="icl-other", choices=list(REJECTED_SOURCES),
                    help="rejected response of a pair: icl-other (content-matched: the policy conditioned on another "

@@ -25,7 +25,7 @@ from rgd_eval.distributed import Workers, chunk_offset, owned_chunks  # noqa: E4
 from rgd_eval.stages import Stage, StageCache, key_hash, read_record  # noqa: E402
 
 # Every rule, one method each, small batches (many chunks to share out), few tokens.
-ARGS = ["--users", "2", "--max-profile-pairs", "3", "--min-profile-pairs", "2", "--weights", "0,1", "--gen-weights",
+ARGS = ["--dtype", "float32", "--users", "2", "--max-profile-pairs", "3", "--min-profile-pairs", "2", "--weights", "0,1", "--gen-weights",
         "1", "-k", "3", "--max-new-tokens", "4", "--n-boot", "20", "--n-perm", "20", "--batch-size", "2",
         "--methods", "per-user", "--token-methods", "token-global", "--bon-methods", "per-user", "--bon-samples",
         "2", "--bon-block-size", "2"]

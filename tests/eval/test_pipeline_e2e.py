@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for tiny_
 
 from tiny_models import make_tokenizer, save_tiny  # noqa: E402
 
-ARGS = ["--users", "2", "--max-profile-pairs", "4", "--min-profile-pairs", "2", "--weights", "0,1,3",
+# float32: the brute-force references below recompute in float32 / float64 (bf16, the default, runs in the LaMP-7 test)
+ARGS = ["--dtype", "float32", "--users", "2", "--max-profile-pairs", "4", "--min-profile-pairs", "2", "--weights", "0,1,3",
         "--gen-weights", "1,3", "-k", "3", "--max-new-tokens", "5", "--n-boot", "50", "--batch-size", "4"]
 
 
