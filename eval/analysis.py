@@ -178,8 +178,10 @@ def paper_beside_us(results: dict, n_params: int) -> list[dict]:
             verdict = "disagrees: weaker (or negative) association than reported"
         elif lo > PAPER_TAU[1]:
             verdict = "disagrees: RM accuracy predicts policy accuracy more strongly than reported"
+        elif PAPER_TAU[0] <= lo and hi <= PAPER_TAU[1]:
+            verdict = "agrees: tau and its whole CI lie in the reported range"
         elif PAPER_TAU[0] <= k["tau"] <= PAPER_TAU[1]:
-            verdict = "agrees: tau lies in the reported range"
+            verdict = "consistent but not confirmed: tau lies in the reported range, its CI reaches outside it"
         else:
             verdict = "inconclusive: tau lies outside the reported range, but its CI overlaps it"
         rows.append({"claim": "Kendall tau(RM acc, policy acc) is low: 0.08 - 0.31", "ours": k["tau"],

@@ -204,3 +204,17 @@ def test_cli_ls_and_build_data(tmp_path, capsys):
     ds = load_lamp(tmp_path / "out", task="LaMP-4")
     assert ds.counts()["train"] == {"users": 2, "queries": 4, "profile_items": 4}
     assert load_build_stats(tmp_path / "out")["source"]["multi_author_or_wire"] == 1
+
+
+@pytest.mark.parametrize("tau,lo,hi,verdict", [
+    (0.20, 0.10, 0.30, "agrees"), (0.21, -0.38, 0.61, "consistent but not confirmed"),
+    (-0.70, -0.80, 0.19, "inconclusive"), (-0.30, -0.50, -0.10, "disagrees: weaker"),
+    (0.60, 0.40, 0.80, "disagrees: RM accuracy predicts"), (0.20, None, None, "cannot be tested")])
+def test_kendall_verdict_reads_the_ci_not_only_the_point(tau, lo, hi, verdict):
+    from rgd_eval.analysis import paper_beside_us
+
+    res = {"kendall": {"validated": {"tau": tau, "ci_low": lo, "ci_high": hi, "n_points": 20, "n_users": 50}},
+           "generation": {}, "comparisons": {"tests": {}}, "reward_models": {}}
+    rows = paper_beside_us(res, 135_000_000)
+    assert rows[0]["verdict"].startswith(verdict), rows[0]["verdict"]
+    assert rows[-1]["verdict"].startswith("cannot be tested: ICL or RGD generation was not run")
