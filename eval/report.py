@@ -154,8 +154,9 @@ def plot_rm_vs_policy(results: dict, path: Path) -> None:
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=method, alpha=0.8)
     k = results["kendall"].get("validated") or {}
-    ax.set_title(f"RM accuracy vs policy accuracy at the validated w: tau-b = {_f(k.get('tau'))} "
-                 f"[{_f(k.get('ci_low'))}, {_f(k.get('ci_high'))}], n = {k.get('n_points')}", fontsize=9)
+    ax.set_title(f"RM accuracy vs policy accuracy at the validated w\ntau-b = {_f(k.get('tau'))} "
+                 f"[{_f(k.get('ci_low'))}, {_f(k.get('ci_high'))}], {k.get('n_points')} configurations, "
+                 f"{k.get('n_users')} users", fontsize=9)
     ax.set_xlabel("RM accuracy (test users' held-out pairs)")
     ax.set_ylabel("policy accuracy")
     ax.legend(fontsize=8)
@@ -176,7 +177,7 @@ def plot_rouge(results: dict, path: Path) -> None:
         ax.bar(xs, means, width, yerr=err, capsize=3, label={"rouge1": "ROUGE-1", "rougeL": "ROUGE-L"}[metric])
     ax.set_xticks(range(len(items)))
     ax.set_xticklabels([n for n, _ in items], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("F-measure, LaMP ROUGE (95% user-bootstrap CI)")
+    ax.set_ylabel("LaMP ROUGE F1 (95% CI, users resampled)", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
