@@ -7,11 +7,10 @@ N = 1 is plain sampling; M >= max_new_tokens is plain best-of-N over whole respo
 
 The N samples are N batch rows, each holding the row's cache: the fan-out and the copy of the winner's cache over
 its group after each block are one gather per block (`KVCache.select_rows`), amortized over M tokens; the same
-gather drops the rows that finished. A sample
-that emits EOS is finished: its later tokens are ignored and its reward is read at its EOS. Stop strings are
-applied to the kept tokens only (they cut the text but do not end a sample inside a block). The reward of a
-block is selected by `score_select` with zero log-probs and the row's w, i.e. argmax_n w r_u: the best block for
-w > 0, the first sample (plain sampling) for w = 0 or a row without a head.
+gather drops the rows that finished. A sample that emits EOS is finished: its later tokens are ignored and its
+reward is read at its EOS. Stop strings are applied to the kept tokens only (they cut the text but do not end a
+sample inside a block). The reward of a block is selected by `score_select` with zero log-probs and the row's w,
+i.e. argmax_n w r_u: the best block for w > 0, the first sample (plain sampling) for w = 0 or a row without a head.
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def _candidate_mask(P: int, T: int, k: int, dtype, with_main: bool = False) -> t
         main = torch.zeros(P + T, P + T + n, dtype=torch.bool)
         main[:, :P + T] = torch.ones(P + T, P + T, dtype=torch.bool).tril()
         allowed = torch.cat([main, allowed])
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+    return _additive(allowed, dtype)
 
 
 def _prefix(model: CausalLM, ids: list[int]):
@@ -165,9 +165,8 @@ class _FastPrompt:
         q = len(ids)
         allowed = torch.zeros(q, start + q, dtype=torch.bool)
         allowed[:, :P] = True
-        r0 = 0
+        r0, slots = 0, torch.arange(start)[None, :]
         for (st, t), size in zip(rows, sizes):
-            slots = torch.arange(start)[None, :]
             allowed[r0:r0 + size, :start] |= (slots >= st) & (slots < st + t[:, None])
             r0 += size
         allowed[torch.arange(q), start + torch.arange(q)] = True
