@@ -171,6 +171,54 @@ def mb(nbytes: int | None) -> float | None:
     return None if nbytes is None else nbytes / 2**20
 
 
+def measure_read_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) -> float:
+    """The machine's read bandwidth in GB/s: median time of summing a `gib` GiB fp32 tensor (a streaming
+    reduction, as gpt-fast's roofline uses), after one untimed pass."""
+    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
+    x.sum()
+    times = [timed(lambda _: x.sum(), 0, device) for _ in range(repeats)]
+    return x.numel() * 4 / float(np.median(times)) / 1e9
+
+
+def weight_bytes(model: torch.nn.Module, lm_head: bool = True) -> int:
+    """Bytes of weights one decode step reads: every parameter except the input embedding (a step reads B of
+    its rows), plus the LM head when lm_head (with tied embeddings the LM head is that matrix, counted once)."""
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    params = {id(p): p for p in model.parameters()}  # parameters() yields a tied weight once
+    params.pop(id(emb), None)
+    if lm_head:
+        params[id(head)] = head
+    else:
+        params.pop(id(head), None)
+    return sum(p.numel() * p.element_size() for p in params.values())
+
+
+# Weights each mode reads per decode step: (policy passes with its LM head, reward-trunk passes without one).
+# rgd-shared scores its k candidates in the policy's own trunk (one pass over the weights for 1 + k rows);
+# the separate-backbone modes add the reward trunk; logratio runs the policy twice (plain and conditioned).
+WEIGHT_READS = {"hf-greedy": (1, 0), "engine-greedy": (1, 0), "rgd-shared": (1, 0), "rgd-mixed": (1, 0),
+                "rgd-token": (1, 0), "rgd-bon-block": (1, 0), "rgd-logratio": (2, 0),
+                "rgd-separate": (1, 1), "args-kcopy": (1, 1), "args-nocache": (1, 1)}
+
+
+def add_weight_bandwidth(results: dict, bench: "Bench", bandwidth_gb_s: float) -> None:
+    """Per mode: weight bytes read per decode step, the achieved weight-read GB/s (prefill-free decode rate) and
+    its fraction of the measured machine bandwidth; the floor is bytes / bandwidth (KV-cache reads excluded)."""
+    policy = weight_bytes(bench.engine.policy.hf_model)
+    reward = weight_bytes(bench.separate.reward.hf_model, lm_head=False) \
+        if any(m in results for m, (_, r) in WEIGHT_READS.items() if r) else 0
+    for mode, r in results.items():
+        if mode not in WEIGHT_READS:
+            continue
+        n_policy, n_reward = WEIGHT_READS[mode]
+        nbytes = n_policy * policy + n_reward * reward
+        r["weight_bytes_per_step"] = nbytes
+        r["floor_ms_per_step"] = 1000 * nbytes / (bandwidth_gb_s * 1e9)
+        rate = r.get("decode_tokens_per_s")
+        r["weight_gb_s"] = nbytes * rate / r["batch"] / 1e9 if rate else None
+        r["floor_fraction"] = r["weight_gb_s"] / bandwidth_gb_s if rate else None
+
+
 def measure(name: str, call, *, batch: int, new_tokens: int, args, device, kv_formula: int, eos_ids: set,
             first_token: bool = True, repeats: int | None = None) -> dict:
     """Check call, warm-up, then timed repeats of call(new_tokens) and (first_token) call(1) -> a result dict."""
@@ -548,6 +596,39 @@ def compute_ratios(results: dict) -> dict:
     return out
 
 
+# Fraction of the weight-read floor engine-greedy must reach, per dtype (bf16 reads half the bytes, so its
+# fixed per-step costs weigh twice as much).
+FLOOR_TARGETS = {"float32": 0.45, "bfloat16": 0.40}
+# Against a float32 baseline run (--baseline), a bfloat16 run's engine-greedy must be this much faster.
+BF16_VS_FP32_TARGETS = (("engine_greedy_vs_baseline_engine_greedy", "engine-greedy", 2.0),
+                        ("engine_greedy_vs_baseline_hf_greedy", "hf-greedy", 2.5))
+
+
+def floor_ratios(results: dict, dtype: str) -> dict:
+    r = results.get("engine-greedy")
+    if not r or r.get("floor_fraction") is None or dtype not in FLOOR_TARGETS:
+        return {}
+    target = FLOOR_TARGETS[dtype]
+    return {f"engine_greedy_floor_fraction_{dtype}": {"value": r["floor_fraction"], "target": target, "op": ">=",
+                                                      "pass": r["floor_fraction"] >= target}}
+
+
+def baseline_ratios(results: dict, dtype: str, baseline: dict) -> dict:
+    """engine-greedy of this run against modes of a baseline report (e.g. bf16 here vs fp32 there); targets only
+    for bfloat16 against float32."""
+    out = {}
+    base_dtype = baseline["config"]["params"].get("dtype")
+    for name, base_mode, target in BF16_VS_FP32_TARGETS:
+        if "engine-greedy" not in results or base_mode not in baseline["results"]:
+            continue
+        value = results["engine-greedy"]["tokens_per_s"] / baseline["results"][base_mode]["tokens_per_s"]
+        entry = {"value": value, "baseline_dtype": base_dtype, "dtype": dtype}
+        if (dtype, base_dtype) == ("bfloat16", "float32"):
+            entry |= {"target": target, "op": ">=", "pass": value >= target}
+        out[name] = entry
+    return out
+
+
 def compute_checks(results: dict) -> dict:
     """Token-level agreement between modes that run the same algorithm (prefix when lengths differ)."""
 
@@ -666,8 +747,18 @@ def print_report(report: dict):
         if "single_user_tokens_per_s" in r:
             print(f"{'  1 user':<14}{r['batch']:>3}{r['k']:>4}{r['new_tokens']:>4}"
                   f"{r['single_user_tokens_per_s']:>9.2f}")
+    bw = cfg["machine"]["read_bandwidth_gb_s"]
+    print(f"\nweight reads per decode step (machine read bandwidth {bw:.1f} GB/s; KV reads excluded):")
+    for r in report["results"].values():
+        if r.get("weight_bytes_per_step"):
+            print(f"  {r['mode']:<14}{r['weight_bytes_per_step'] / 1e6:>8.0f} MB  floor {r['floor_ms_per_step']:6.2f} ms/step"
+                  f"  achieved {_fmt(r['weight_gb_s'])} GB/s = {_fmt(r['floor_fraction'] and 100 * r['floor_fraction'])}%"
+                  " of the floor")
     print("\ntargets:")
-    for name, e in report["ratios"].items():
+    for name, e in {**report["ratios"], **report.get("vs_baseline", {})}.items():
+        if "target" not in e:
+            print(f"  ----  {name:<36} {e['value']:.3f} (no target for {e['dtype']} vs {e['baseline_dtype']})")
+            continue
         extra = f"  (prefill-free {e['decode_only_value']:.3f})" if e.get("decode_only_value") else ""
         print(f"  {'PASS' if e['pass'] else 'FAIL'}  {name:<36} {e['value']!s:.6} {e['op']} {e['target']}{extra}")
     if report.get("rule_ratios"):
@@ -702,6 +793,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default="demo")
     p.add_argument("--reward-model", default=None, help="separate reward backbone (default: --model, loaded again)")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="an earlier report JSON (e.g. the float32 run) to compare this run's engine-greedy against")
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("-k", "--k", type=int, default=10)
@@ -738,6 +831,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     bench = Bench(args)
     config = build_config(args, argv, bench)
+    config["machine"]["read_bandwidth_gb_s"] = measure_read_bandwidth(bench.device)
     results = {}
     for mode in args.modes:
         results[mode] = RUNNERS[mode](bench)
@@ -745,7 +839,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.scaling:
         report["scaling"] = run_scaling(bench)
     config["machine"]["load_average_end"] = list(os.getloadavg())
-    report["ratios"] = compute_ratios(results)
+    add_weight_bandwidth(results, bench, config["machine"]["read_bandwidth_gb_s"])
+    report["ratios"] = compute_ratios(results) | floor_ratios(results, args.dtype)
+    if args.baseline:
+        report["vs_baseline"] = baseline_ratios(results, args.dtype, json.loads(args.baseline.read_text()))
+        report["vs_baseline_path"] = str(args.baseline)
     report["rule_ratios"] = rule_ratios(results)
     report["checks"] = compute_checks(results)
     write_outputs(report, args.json)

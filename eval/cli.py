@@ -1,4 +1,4 @@
-"""rgd-eval command line: ls, build-data, report, run (the pipeline lives in rgd_eval.pipeline)."""
+"""rgd-eval command line: ls, build-data, report, run (the pipeline lives in rgd_eval.pipeline), sweep."""
 from __future__ import annotations
 
 import argparse
@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         run = sub.add_parser("run", help="run the whole study (needs the engine)")
         add_arguments(run)
         run.set_defaults(func=pipeline.run)
+
+        from .sweep import add_sweep_arguments, sweep
+
+        sw = sub.add_parser("sweep", help="the study once per model (each its own resumable run folder), then a "
+                                          "scale report: ICL vs reward guidance across model sizes")
+        add_sweep_arguments(sw)
+        sw.set_defaults(func=sweep)
     return p
 
 

@@ -49,58 +49,63 @@ UNCACHED = {
 }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help="policy: a model preset (see `rgd-eval ls`; 'demo' = smollm2-135m), an HF model directory or a .gguf file")
-    p.add_argument("--reward-model", default=None, help="separate reward backbone (default: shared trunk)")
-    p.add_argument("--data", default=str(DEFAULT_LAMP_DIR),
-                   help="LaMP-format folder: LaMP-4, LaMP-5 or LaMP-7 (default: shipped LaMP-4 news data)")
-    p.add_argument("--tasks", nargs="*", default=None, help="tasks to accept (e.g. LaMP-7); default: the data's task")
-    p.add_argument("--users", type=int, default=None,
-                   help="quick runs: a seeded subset of N users of each split (default: every user)")
-    p.add_argument("--rules", nargs="*", default=list(RULES), choices=list(RULES),
-                   help="decoding rules to compare (default: all)")
-    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
-                   help="sequence-level RM methods (rules args and bon-block)")
-    p.add_argument("--token-methods", nargs="*", default=list(TOKEN_METHODS), choices=list(TOKEN_METHODS),
-                   help="token-level RM methods (rule token)")
-    p.add_argument("--bon-methods", nargs="*", default=["per-user"], choices=list(METHODS),
-                   help="sequence-level methods whose heads bon-block uses (each one of --methods)")
-    p.add_argument("--bon-samples", type=int, default=4, help="bon-block: samples N per block")
-    p.add_argument("--bon-block-size", type=int, default=8, help="bon-block: tokens M per block")
-    p.add_argument("--bon-temperature", type=float, default=0.7, help="bon-block: sampling temperature of pi")
-    p.add_argument("--weights", default="0,0.5,1,2,4",
-                   help="comma-separated reward weights w, in reward standard deviations (policy accuracy grid; "
-                        "the validated w of each configuration is chosen among them on the train users)")
-    p.add_argument("--gen-weights", default="validated",
-                   help="generation weights: 'validated' (each method at its validated w) or a comma-separated "
-                        "list of weights (each one of --weights) run for every guided method")
-    p.add_argument("-k", type=int, default=10, help="candidates per step (top-k of the policy)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-                   help="policy dtype (default bfloat16: on CPU the study runs 1.6 - 1.9x faster than float32 with its "
-                        "metrics inside the float32 CIs, README Results)")
-    p.add_argument("--output-dir", default="runs/rgd-eval", help="run folder; rerunning resumes from its cache")
-    p.add_argument("--rejected", default="icl-other", choices=list(REJECTED_SOURCES),
-                   help="rejected response of a pair: icl-other (content-matched: the policy conditioned on another "
-                        "user's profile), policy (the base policy's greedy output) or other-user (another user's text)")
-    p.add_argument("--max-profile-pairs", type=int, default=6, help="newest profile items per user used as pairs")
-    p.add_argument("--min-profile-pairs", type=int, default=3, help="users with fewer profile pairs are skipped")
-    p.add_argument("--icl-n", type=int, default=4, help="BM25-retrieved profile items in the ICL prompt")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per batch (= per cached generation chunk)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (users) for CIs")
-    p.add_argument("--n-perm", type=int, default=5000, help="permutations for the paired and Kendall tests")
-    p.add_argument("--policy-acc-strict", action="store_true",
-                   help="policy accuracy: a gold token outside the top-k gives -inf (default: it joins C_t)")
-    p.add_argument("--policy-acc-reduce", default="mean", choices=["mean", "sum"],
-                   help="policy accuracy: S(y) is the mean (default) or the sum of log pi~(y_t)")
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
-    p.add_argument("--backend", default=None, help="kernel backend (default: $RGD_BACKEND or auto)")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="compute only shard I of N's chunks of every chunked stage into the run folder's cache and "
-                        "exit (job arrays; docs/distributed.md); a plain run afterwards merges them")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+def add_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The run options on parser p, except the destinations in `skip` (a sweep sets those per configuration)."""
+    def add(*flags, **kw):
+        if flags[-1].lstrip("-").replace("-", "_") not in skip:
+            p.add_argument(*flags, **kw)
+
+    add("--model", default="demo", help="policy: a model preset (see `rgd-eval ls`; 'demo' = smollm2-135m), an HF model directory or a .gguf file")
+    add("--reward-model", default=None, help="separate reward backbone (default: shared trunk)")
+    add("--data", default=str(DEFAULT_LAMP_DIR),
+        help="LaMP-format folder: LaMP-4, LaMP-5 or LaMP-7 (default: shipped LaMP-4 news data)")
+    add("--tasks", nargs="*", default=None, help="tasks to accept (e.g. LaMP-7); default: the data's task")
+    add("--users", type=int, default=None,
+        help="quick runs: a seeded subset of N users of each split (default: every user)")
+    add("--rules", nargs="*", default=list(RULES), choices=list(RULES),
+        help="decoding rules to compare (default: all)")
+    add("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
+        help="sequence-level RM methods (rules args and bon-block)")
+    add("--token-methods", nargs="*", default=list(TOKEN_METHODS), choices=list(TOKEN_METHODS),
+        help="token-level RM methods (rule token)")
+    add("--bon-methods", nargs="*", default=["per-user"], choices=list(METHODS),
+        help="sequence-level methods whose heads bon-block uses (each one of --methods)")
+    add("--bon-samples", type=int, default=4, help="bon-block: samples N per block")
+    add("--bon-block-size", type=int, default=8, help="bon-block: tokens M per block")
+    add("--bon-temperature", type=float, default=0.7, help="bon-block: sampling temperature of pi")
+    add("--weights", default="0,0.5,1,2,4",
+        help="comma-separated reward weights w, in reward standard deviations (policy accuracy grid; "
+             "the validated w of each configuration is chosen among them on the train users)")
+    add("--gen-weights", default="validated",
+        help="generation weights: 'validated' (each method at its validated w) or a comma-separated "
+             "list of weights (each one of --weights) run for every guided method")
+    add("-k", type=int, default=10, help="candidates per step (top-k of the policy)")
+    add("--seed", type=int, default=0)
+    add("--device", default="cpu", choices=["cpu", "cuda"])
+    add("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+        help="policy dtype (default bfloat16: on CPU the study runs 1.6 - 1.9x faster than float32 with its "
+             "metrics inside the float32 CIs, README Results)")
+    add("--output-dir", default="runs/rgd-eval", help="run folder; rerunning resumes from its cache")
+    add("--rejected", default="icl-other", choices=list(REJECTED_SOURCES),
+        help="rejected response of a pair: icl-other (content-matched: the policy conditioned on another "
+             "user's profile), policy (the base policy's greedy output) or other-user (another user's text)")
+    add("--max-profile-pairs", type=int, default=6, help="newest profile items per user used as pairs")
+    add("--min-profile-pairs", type=int, default=3, help="users with fewer profile pairs are skipped")
+    add("--icl-n", type=int, default=4, help="BM25-retrieved profile items in the ICL prompt")
+    add("--max-new-tokens", type=int, default=24)
+    add("--batch-size", type=int, default=16, help="prompts per batch (= per cached generation chunk)")
+    add("--n-boot", type=int, default=1000, help="bootstrap resamples (users) for CIs")
+    add("--n-perm", type=int, default=5000, help="permutations for the paired and Kendall tests")
+    add("--policy-acc-strict", action="store_true",
+        help="policy accuracy: a gold token outside the top-k gives -inf (default: it joins C_t)")
+    add("--policy-acc-reduce", default="mean", choices=["mean", "sum"],
+        help="policy accuracy: S(y) is the mean (default) or the sum of log pi~(y_t)")
+    add("--chat", action="store_true", help="wrap prompts in the model's chat template")
+    add("--backend", default=None, help="kernel backend (default: $RGD_BACKEND or auto)")
+    add("--shard", default=None, metavar="I/N",
+        help="compute only shard I of N's chunks of every chunked stage into the run folder's cache and "
+             "exit (job arrays; docs/distributed.md); a plain run afterwards merges them")
+    add("--debug", action="store_true", help="show the traceback of an error")
 
 
 def parse_weights(text: str, name: str = "--weights") -> list[float]:
@@ -120,7 +125,7 @@ def check_args(args) -> None:
         if v is not None and v < lo:
             raise RunArgumentError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
 
-    if args.shard is not None:
+    if getattr(args, "shard", None) is not None:  # a sweep has no --shard
         parse_shard(args.shard)
     for name, lo in (("users", 2), ("max_profile_pairs", 1), ("min_profile_pairs", 1), ("icl_n", 1), ("k", 1),
                      ("max_new_tokens", 1), ("batch_size", 1), ("n_boot", 10), ("n_perm", 10), ("bon_samples", 1),

@@ -69,7 +69,9 @@ def test_json_schema_and_side_files(report):
         assert r["ms_per_token_p10"] <= r["ms_per_token_median"] <= r["ms_per_token_p90"]
         assert all(len(row) == r["new_tokens"] for row in r["tokens"])
     assert rep["results"]["rgd-mixed"]["single_user_tokens_per_s"] > 0
-    assert set(rep["ratios"]) == {t[0] for t in decode.TARGETS}
+    has_rate = rep["results"]["engine-greedy"]["decode_tokens_per_s"]
+    floor = {"engine_greedy_floor_fraction_float32"} if has_rate else set()
+    assert set(rep["ratios"]) == {t[0] for t in decode.TARGETS} | floor
     for e in rep["ratios"].values():
         assert {"value", "target", "op", "pass"} <= set(e)
     assert [(r["k"], r["batch"]) for r in rep["scaling"]] == [(1, 1), (4, 1), (4, 2)]
@@ -109,3 +111,52 @@ def test_baselines_equal_engine(tiny, separate, baseline):
     assert out.tokens.tolist() == [g.token_ids for g in gens]
     plain = engine.decoder.generate(prompts, GenerationConfig(max_new_tokens=8))
     assert [g.token_ids for g in gens] != [g.token_ids for g in plain]
+
+
+def _hf_param_bytes(path, exclude) -> int:
+    """Bytes of a checkpoint's tensors whose names contain none of `exclude` (read from the saved files)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        for name in f.keys():
+            if not any(x in name for x in exclude):
+                t = f.get_tensor(name)
+                total += t.numel() * t.element_size()
+    return total
+
+
+def test_weight_bytes_per_step_and_achieved_bandwidth(report, tiny):
+    rep, _ = report
+    bw = rep["config"]["machine"]["read_bandwidth_gb_s"]
+    assert 0.1 < bw < 10_000
+    policy = _hf_param_bytes(tiny["policy"], ("embed_tokens",))  # untied: every weight but the embedding
+    rm_trunk = _hf_param_bytes(tiny["rm"], ("embed_tokens", "lm_head"))
+    r = rep["results"]
+    assert r["engine-greedy"]["weight_bytes_per_step"] == r["hf-greedy"]["weight_bytes_per_step"] == policy
+    assert r["rgd-shared"]["weight_bytes_per_step"] == policy
+    assert r["rgd-logratio"]["weight_bytes_per_step"] == 2 * policy
+    assert r["rgd-separate"]["weight_bytes_per_step"] == policy + rm_trunk
+    for mode, e in r.items():
+        if mode == "head-swap":
+            assert "weight_bytes_per_step" not in e
+            continue
+        assert e["floor_ms_per_step"] == pytest.approx(1000 * e["weight_bytes_per_step"] / (bw * 1e9))
+        if e["decode_tokens_per_s"]:
+            step_s = e["batch"] / e["decode_tokens_per_s"]
+            assert e["weight_gb_s"] == pytest.approx(e["weight_bytes_per_step"] / step_s / 1e9)
+            assert e["floor_fraction"] == pytest.approx(e["weight_gb_s"] / bw)
+
+
+def test_baseline_comparison(report, tiny):
+    rep, out = report
+    new = out.with_name("again.json")
+    again = decode.main(["--model", str(tiny["policy"]), "--modes", "engine-greedy", "--prompt-len", "20",
+                         "--new-tokens", "4", "--repeats", "1", "--baseline", str(out), "--json", str(new)])
+    vs = again["vs_baseline"]
+    base = rep["results"]
+    got = again["results"]["engine-greedy"]["tokens_per_s"]
+    assert vs["engine_greedy_vs_baseline_engine_greedy"]["value"] == pytest.approx(
+        got / base["engine-greedy"]["tokens_per_s"])
+    assert vs["engine_greedy_vs_baseline_hf_greedy"]["value"] == pytest.approx(got / base["hf-greedy"]["tokens_per_s"])
+    assert all("target" not in e for e in vs.values())  # fp32 vs fp32: the bf16 targets do not apply
