@@ -193,6 +193,35 @@ def test_torchrun_two_ranks_equals_one_process(solo, tiny_model, tmp_path):
     assert proc.stdout.count(f"wrote {out / 'results.json'}") == 1  # by rank 0 alone
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_with_c10d_rendezvous_equal_one_process(solo, tiny_model, tmp_path):
+    """README's multi-node recipe, both "nodes" on this host: two torchrun launchers (--nnodes 2, one process
+    each) meet at a c10d rendezvous and share one run folder. Each worker has LOCAL_RANK 0 and a distinct RANK."""
+    out, port = tmp_path / "run", _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+           "-m", "rgd_eval", "run", "--model", str(tiny_model), "--output-dir", str(out), *ARGS]
+    env = _worker_env(tmp_path)
+    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [n.communicate(timeout=TORCHRUN_TIMEOUT_S) for n in nodes]
+    for n, (_, err) in zip(nodes, outs):
+        assert n.returncode == 0, err[-3000:]
+    assert comparable(out) == comparable(solo)
+    res = json.loads((out / "results.json").read_text())["config"]
+    assert res["processes"] == 2
+    assert sum(res["cache"]["computed"].values()) == len(chunk_files(out))  # each chunk computed once
+    assert (out / "logs" / "rank-1.log").read_text().count(" computed in ") > 0  # the second node did a share
+    assert sum(o.count(f"wrote {out / 'results.json'}") for o, _ in outs) == 1  # by global rank 0 alone
+
+
 def test_shards_then_a_plain_run_equal_one_process(solo, tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_here(tiny_model, out, "--shard", "0/2") == 0
