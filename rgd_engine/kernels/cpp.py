@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .outputs import selection_outputs, topk_outputs
 from .reference import SAMPLE
 
 try:
@@ -37,7 +38,7 @@ def lmhead_topk(hidden, weight, k, out=None):
     # hidden [B, d], weight [V, d] -> logprob [B, k], ids [B, k], lse [B]
     B = hidden.shape[0]
     if out is None:
-        out = (torch.empty(B, k), torch.empty(B, k, dtype=torch.int64), torch.empty(B))
+        out = topk_outputs(B, k)
     logprob, ids, lse = out
     weight = _matrix(weight)
     # bf16 x bf16 goes to the AVX512-BF16 dot products; any other hidden is widened to fp32
@@ -56,7 +57,7 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, 
     sample = mode == SAMPLE
     rand = rand.float().contiguous() if sample else torch.empty(0)
     if out is None:
-        out = (torch.empty(B, dtype=torch.int64), torch.empty(B, k), torch.empty(B, k))
+        out = selection_outputs(B, k)
     chosen, scores, rewards = out
     _C.score_select_out(cand_hidden, bank_w, bank_b.float().contiguous(), slot.long().contiguous(),
                         logprob.float().contiguous(), weight.float().contiguous(), sample, float(tau), rand,
@@ -70,7 +71,7 @@ def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mo
     sample = mode == SAMPLE
     rand = rand.float().contiguous() if sample else torch.empty(0)
     if out is None:
-        out = (torch.empty(B, dtype=torch.int64), torch.empty(B, k), torch.empty(B, k))
+        out = selection_outputs(B, k)
     chosen, scores, rewards = out
     _C.gather_score_select_out(query.float().contiguous(), _matrix(emb), cand_ids.long().contiguous(),
                                offset.float().contiguous(), logprob.float().contiguous(), weight.float().contiguous(),

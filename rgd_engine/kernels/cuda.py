@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .outputs import selection_outputs, topk_outputs
 from .reference import SAMPLE
 
 try:
@@ -38,8 +39,7 @@ def lmhead_topk(hidden, weight, k, out=None):
     # hidden [B, d], weight [V, d] -> logprob [B, k], ids [B, k], lse [B]
     B, dev = hidden.shape[0], hidden.device
     if out is None:
-        out = (torch.empty(B, k, device=dev), torch.empty(B, k, device=dev, dtype=torch.int64),
-               torch.empty(B, device=dev))
+        out = topk_outputs(B, k, dev)
     logprob, ids, lse = out
     _C_cuda.lmhead_topk_out(hidden.float().contiguous(), _matrix(weight), int(k), logprob, ids, lse)
     return logprob, ids, lse
@@ -56,8 +56,7 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, 
     sample = mode == SAMPLE
     rand = rand.float().contiguous() if sample else torch.empty(0, device=dev)
     if out is None:
-        out = (torch.empty(B, device=dev, dtype=torch.int64), torch.empty(B, k, device=dev),
-               torch.empty(B, k, device=dev))
+        out = selection_outputs(B, k, dev)
     chosen, scores, rewards = out
     _C_cuda.score_select_out(cand_hidden, bank_w, bank_b.float().contiguous(), slot.long().contiguous(),
                              logprob.float().contiguous(), weight.float().contiguous(), sample, float(tau), rand,
@@ -72,8 +71,7 @@ def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mo
     sample = mode == SAMPLE
     rand = rand.float().contiguous() if sample else torch.empty(0, device=dev)
     if out is None:
-        out = (torch.empty(B, device=dev, dtype=torch.int64), torch.empty(B, k, device=dev),
-               torch.empty(B, k, device=dev))
+        out = selection_outputs(B, k, dev)
     chosen, scores, rewards = out
     _C_cuda.gather_score_select_out(query.float().contiguous(), _matrix(emb), cand_ids.long().contiguous(),
                                     offset.float().contiguous(), logprob.float().contiguous(),

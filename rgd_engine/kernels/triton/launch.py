@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from ..outputs import selection_outputs, topk_outputs
 from ..reference import SAMPLE
 from . import kernels
 from .settings import BLOCK_B, LmheadPlan, lmhead_plan, select_tile
@@ -24,8 +25,7 @@ def lmhead_topk(hidden, weight, k, out=None, plan: LmheadPlan | None = None):
     dev = hidden.device
     plan = plan or lmhead_plan(V, k, dev.type)
     if out is None:
-        out = (torch.empty(B, k, device=dev), torch.empty(B, k, device=dev, dtype=torch.int64),
-               torch.empty(B, device=dev))
+        out = topk_outputs(B, k, dev)
     logprob, ids, lse = out
     if B == 0:
         return logprob, ids, lse
@@ -58,8 +58,7 @@ def score_select(cand_hidden, bank_w, bank_b, slot, logprob, weight, mode, tau, 
     sample = mode == SAMPLE
     rand = rand.float().contiguous() if sample else torch.zeros(1, device=dev)
     if out is None:
-        out = (torch.empty(B, device=dev, dtype=torch.int64), torch.empty(B, k, device=dev),
-               torch.empty(B, k, device=dev))
+        out = selection_outputs(B, k, dev)
     chosen, scores, rewards = out
     if B == 0:
         return chosen, scores, rewards
@@ -80,8 +79,7 @@ def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mo
     sample = mode == SAMPLE
     rand = rand.float().contiguous() if sample else torch.zeros(1, device=dev)
     if out is None:
-        out = (torch.empty(B, device=dev, dtype=torch.int64), torch.empty(B, k, device=dev),
-               torch.empty(B, k, device=dev))
+        out = selection_outputs(B, k, dev)
     chosen, scores, rewards = out
     if B == 0:
         return chosen, scores, rewards
