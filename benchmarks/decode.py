@@ -73,7 +73,7 @@ PROMPT_TEXT = (
 @dataclass
 class Run:
     tokens: list  # [B][N] generated ids
-    kv_bytes: int | None  # KV bytes the call held at its end; None = measured by the KV probe instead
+    kv_bytes: int  # KV-cache bytes the call held (the engine's Generation.kv_bytes, HF's cache, a baseline's)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -133,24 +133,6 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak_mb = max(self.peak_mb, self._rss_mb())
-
-
-@contextlib.contextmanager
-def record_kv_caches():
-    """Collect every engine KVCache built inside the block (the decoder makes them internally)."""
-    from rgd_engine import kv_cache
-
-    made, init = [], kv_cache.KVCache.__init__
-
-    def recording_init(self, *a, **kw):
-        init(self, *a, **kw)
-        made.append(self)
-
-    kv_cache.KVCache.__init__ = recording_init
-    try:
-        yield made
-    finally:
-        kv_cache.KVCache.__init__ = init
 
 
 def kv_bytes(config, rows: int, length: int, dtype: torch.dtype) -> int:
@@ -223,10 +205,8 @@ def measure(name: str, call, *, batch: int, new_tokens: int, args, device, kv_fo
             first_token: bool = True, repeats: int | None = None) -> dict:
     """Check call, warm-up, then timed repeats of call(new_tokens) and (first_token) call(1) -> a result dict."""
     repeats = repeats or args.repeats
-    with record_kv_caches() as caches, PeakMemory(device) as mem:
+    with PeakMemory(device) as mem:
         check = call(new_tokens)
-        measured_kv = check.kv_bytes if check.kv_bytes is not None else sum(c.nbytes() for c in caches)
-    del caches
     lengths = {len(t) for t in check.tokens}
     if len(check.tokens) != batch or lengths != {new_tokens}:
         raise RuntimeError(f"{name}: expected {batch} rows of {new_tokens} tokens, got lengths {sorted(lengths)}")
@@ -250,7 +230,7 @@ def measure(name: str, call, *, batch: int, new_tokens: int, args, device, kv_fo
         "ms_per_token_all": [1000 * t / new_tokens for t in full],
         "first_token_ms_median": None, "decode_tokens_per_s": None,
         "peak_mem_mb": mem.peak_mb, "peak_mem_delta_mb": mem.peak_mb - mem.start_mb,
-        "kv_cache_mb": mb(kv_formula), "kv_cache_mb_measured": mb(measured_kv),
+        "kv_cache_mb": mb(kv_formula), "kv_cache_mb_measured": mb(check.kv_bytes),
         "eos_emitted": any(t in eos_ids for row in check.tokens for t in row),
         "tokens": check.tokens,
     }
@@ -350,7 +330,7 @@ def engine_call(engine, prompts: list[list[int]], k: int = 1, bank=None, slots=N
         cfg = GenerationConfig(max_new_tokens=n, k=k, ignore_eos=True, **rule_cfg)
         gens = engine.decoder.generate(prompts, cfg, bank=bank, slots=slots, weights=weights,
                                        cond_prompts=cond_prompts)
-        return Run([g.token_ids for g in gens], None)
+        return Run([g.token_ids for g in gens], gens[0].kv_bytes)
 
     return call
 

@@ -21,7 +21,7 @@ from .heads import HeadBank
 from .kernels import GREEDY, score_select
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper
-from .stream import Stream, finish, left_pad, new_generator
+from .stream import Stream, finish, kv_bytes, left_pad, new_generator
 
 
 def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | None,
@@ -39,6 +39,7 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
         rm = Stream(dec.reward, ids, pad_mask, capacity)
         rm.select_rows(fan_out)
     scorer = rm if rm is not None else policy
+    kv = kv_bytes([policy] + ([rm] if rm is not None else []))  # N rows per prompt row
     gen = new_generator(cfg.seed, dev)
     eos = set() if cfg.ignore_eos else dec.eos_ids
     eos_t = torch.tensor(sorted(eos), dtype=torch.int64, device=dev)
@@ -91,4 +92,4 @@ def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, ban
                 rm.select_rows(regroup)
             slots, weights = slots[index], weights[index]
             active = [active[i] for i in keep]
-    return finish(rows, users, steps if cfg.return_scores else [None] * B, dec.policy.tokenizer is not None)
+    return finish(rows, users, steps if cfg.return_scores else [None] * B, dec.policy.tokenizer is not None, kv)

@@ -26,7 +26,7 @@ from .kernels.dispatch import check_slots
 from .models import CausalLM
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper, eos_token_ids
-from .stream import Generation, Stream, finish, left_pad, new_generator
+from .stream import Generation, Stream, finish, kv_bytes, left_pad, new_generator
 
 
 class Decoder:
@@ -98,6 +98,7 @@ class Decoder:
         batch; sampled rows draw from the one generator in batch order, so their draws (not their distribution)
         depend on when other rows finish. Per-step scores (return_scores) are read once, at the end."""
         dev = self.policy.device
+        kv = kv_bytes(step.streams())  # after the streams' prefill, before any row leaves the batch
         eos = set() if cfg.ignore_eos else self.eos_ids
         every = cfg.sync_every or (1 if dev.type == "cpu" else 8)
         rows = [RowStopper(self.policy.tokenizer, eos, tuple(cfg.stop)) for _ in range(B)]
@@ -133,7 +134,7 @@ class Decoder:
                 break
             step.advance(tokens)
         steps = _host_steps(infos, [len(r.ids) for r in rows]) if cfg.return_scores else [None] * B
-        return finish(rows, users, steps, with_text)
+        return finish(rows, users, steps, with_text, kv)
 
 
 def _host_steps(infos: list[tuple[list[int], dict]], lengths: list[int]) -> list[list[dict]]:
@@ -195,6 +196,9 @@ class _Plain:
     def select_rows(self, index: torch.Tensor):
         """Keep batch rows `index` [B'] (the decode loop drops finished rows)."""
         self.policy.select_rows(index)
+
+    def streams(self) -> list[Stream]:
+        return [self.policy]
 
 
 class _Guided:

@@ -17,6 +17,7 @@ class Generation:
     finish_reason: str
     user: str | None = None
     steps: list | None = None  # per-step scores when requested
+    kv_bytes: int | None = None  # KV-cache bytes of the whole call (every model's cache, all rows): same in each row
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +89,16 @@ def new_generator(seed: int | None, device) -> torch.Generator:
     return gen
 
 
-def finish(rows: list[RowStopper], users: list | None, steps: list, with_text: bool) -> list["Generation"]:
-    """The rows' outcomes: text (None without a tokenizer), ids, finish reason ("length" unless EOS / stop)."""
+def kv_bytes(streams: list[Stream]) -> int:
+    """KV-cache bytes the streams hold (call it after their prefill, at full batch)."""
+    return sum(s.cache.nbytes() for s in streams)
+
+
+def finish(rows: list[RowStopper], users: list | None, steps: list, with_text: bool,
+           kv: int | None = None) -> list["Generation"]:
+    """The rows' outcomes: text (None without a tokenizer), ids, finish reason ("length" unless EOS / stop), and
+    the call's KV-cache bytes."""
     return [Generation(text=r.text() if with_text else None, token_ids=r.ids,
-                       finish_reason=r.finish_reason or "length", user=users[b] if users else None, steps=steps[b])
+                       finish_reason=r.finish_reason or "length", user=users[b] if users else None, steps=steps[b],
+                       kv_bytes=kv)
             for b, r in enumerate(rows)]

@@ -83,3 +83,30 @@ def test_finished_rows_leave_the_batch_and_each_row_equals_it_alone(tiny_dirs, l
         one = {key: [v[i]] if isinstance(v, list) and len(v) == len(prompts) else v for key, v in kw.items()}
         alone = engine.generate([p], **one)[0]
         assert (alone.token_ids, alone.finish_reason) == (g.token_ids, g.finish_reason), (rule, i)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # the engine's tensor cache and the HF cache storage
+@pytest.mark.parametrize("rule", ["plain", "args", "token", "logratio", "bon-block"])
+def test_generation_reports_the_kv_bytes_of_the_call(tiny_dirs, load, arch, rule):
+    """Generation.kv_bytes = layers x 2 x rows x kv heads x slots x head dim x bytes, summed over the call's caches
+    (slots: prompt + new tokens + k scratch for args, + 1 otherwise; logratio adds the conditioned prompt's)."""
+    engine = Engine(load(tiny_dirs[arch]))
+    cfg = engine.policy.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    per_slot = cfg.num_hidden_layers * 2 * kv_heads * (cfg.hidden_size // heads) * 4  # fp32
+
+    def bytes_of(prompts, rows_per_prompt, extra):
+        P = max(len(engine.encode(p)) for p in prompts)
+        return per_slot * len(prompts) * rows_per_prompt * (P + 6 + extra)
+
+    kw = dict(max_new_tokens=6, k=4, weight=1.0)
+    if rule != "plain":
+        kw.update(_kw(engine, rule))
+    gens = engine.generate(PROMPTS, **kw)
+    want = bytes_of(PROMPTS, 1, 4 if rule == "args" else 1)
+    if rule == "logratio":
+        want += bytes_of(kw["cond_prompts"], 1, 1)
+    if rule == "bon-block":
+        want = bytes_of(PROMPTS, 3, 1)
+    assert {g.kv_bytes for g in gens} == {want}
