@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.decode import PROMPT_TEXT, random_bank
+from benchmarks.decode_harness import PROMPT_TEXT, random_bank
 
 TARGET_SPEEDUP_AT_16 = 2.0
 

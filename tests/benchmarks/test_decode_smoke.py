@@ -15,7 +15,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the benchmarks package, and t
 
 from tiny_models import make_tokenizer, save_tiny  # noqa: E402
 
-from benchmarks import decode  # noqa: E402
+from benchmarks import decode, decode_harness  # noqa: E402
 from benchmarks.baselines import args_kcopy, args_nocache  # noqa: E402
 
 RESULT_FIELDS = ("tokens_per_s", "ms_per_token_median", "ms_per_token_p10", "ms_per_token_p90", "peak_mem_mb",
@@ -102,8 +102,8 @@ def test_baselines_equal_engine(tiny, separate, baseline):
     policy = load_causal_lm(str(tiny["policy"]))
     engine = Engine(policy, reward=load_causal_lm(str(tiny["rm"])) if separate else None)
     engine.decoder.eos_ids = set()  # the baselines have no EOS: both run the full budget
-    bank = decode.random_bank(engine, 1, seed=5)
-    prompts = decode.build_prompts(engine.tokenizer, 2, 16)
+    bank = decode_harness.random_bank(engine, 1, seed=5)
+    prompts = decode_harness.build_prompts(engine.tokenizer, 2, 16)
     gens = engine.decoder.generate(prompts, GenerationConfig(max_new_tokens=8, k=5), bank=bank,
                                    slots=bank.slots(["u0", "u0"]), weights=torch.tensor([2.0, 2.0]))
     w, b = bank.head("u0")
