@@ -17,23 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from rgd_eval.sweep import run_measured
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float]:
+def run_checked(cmd: list[str], env: dict) -> tuple[float, float]:
     """Run cmd to completion -> (wall seconds, peak RSS of that process in MB). Raises on a non-zero exit."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    out = run_measured(cmd, env)
+    if out["returncode"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {out['returncode']}: {out['error']}")
+    return out["wall_s"], out["peak_rss_mb"]
 
 
 def disk_mb(path: Path) -> float:
@@ -46,7 +44,7 @@ def setup_preset(name: str, cache: Path) -> dict:
     """First use of preset `name` in cache (empty or not): fetch, assemble, convert, check."""
     env = dict(os.environ, RGD_CACHE=str(cache))
     code = f"from rgd_engine.models import preset_model_dir; preset_model_dir({name!r})"
-    wall, rss = run_measured([sys.executable, "-c", code], env)
+    wall, rss = run_checked([sys.executable, "-c", code], env)
     return {"setup_s": wall, "setup_peak_rss_mb": rss}
 
 
@@ -100,7 +98,7 @@ def decode_preset(name: str, cache: Path, args, out_dir: Path) -> dict:
             f"json.dump(decode_once({name!r}, {args.prompt_len}, {args.new_tokens}, {args.k}, {args.seed}), "
             f"open({str(out)!r}, 'w'))")
     load_before = os.getloadavg()[0]
-    wall, rss = run_measured([sys.executable, "-c", code], dict(os.environ, RGD_CACHE=str(cache)))
+    wall, rss = run_checked([sys.executable, "-c", code], dict(os.environ, RGD_CACHE=str(cache)))
     row = json.loads(out.read_text())
     row.update(decode_peak_rss_mb=rss, decode_process_s=wall, load_avg_1m_before=load_before,
                load_avg_1m_after=os.getloadavg()[0])

@@ -81,11 +81,11 @@ def run_argv(cfg: Config, run_dir: Path, options: list[str]) -> list[str]:
     return argv + options
 
 
-def run_measured(argv: list[str]) -> dict:
-    """`python -m rgd_eval ARGV` to completion, its output passed through -> {returncode, wall_s, peak_rss_mb,
-    error: its last stderr line when it failed}."""
+def run_measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Run cmd to completion, its stdout and stderr passed through -> {returncode, wall_s, peak_rss_mb (that
+    process's maximum resident set), error: its last stderr line when it failed}."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "rgd_eval", *argv], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
     tail = b""
     fd = proc.stderr.fileno()
     while chunk := os.read(fd, 8192):  # pass progress bars through as they come; keep the end for the error
@@ -127,7 +127,7 @@ def sweep(args) -> int:
         meta = {"run_dir": str(run_dir)}
         if not args.report_only:
             print(f"rgd-eval sweep: [{i}/{len(cfgs)}] {cfg.label}", flush=True)
-            meta |= run_measured(run_argv(cfg, run_dir, options))
+            meta |= run_measured([sys.executable, "-m", "rgd_eval", *run_argv(cfg, run_dir, options)])
             if meta["returncode"] != 0:
                 failed.append({"label": cfg.label, "error": meta["error"], **meta})
                 continue
