@@ -91,6 +91,11 @@ def reading(rows: list[dict], notes: dict[str, str]) -> list[str]:
     few = [r["label"] for r in done if r["test_users"] < 20]
     if few:
         out.append(f"Runs on fewer than 20 test users ({', '.join(few)}): their CIs are wide and their verdicts weak.")
+    n_min = min(r["test_users"] for r in done)
+    if 2 / 2 ** n_min > 0.05:
+        out.append(f"With {n_min} test users a sign-flip test over users cannot give a two-sided p below "
+                   f"2 / 2^{n_min} = {2 / 2 ** n_min:.3f}: no comparison of such a run can be significant, whatever "
+                   "its effect.")
     out += [f"{label}: {text}" for label, text in notes.items()]
     out.append("The best RGD system of each row is the validated system with the highest test ROUGE-1 (a test-data "
                "selection that favours RGD), so a positive ICL lead is conservative.")
@@ -150,14 +155,15 @@ def plot(rows: list[dict], path: Path) -> None:
         pts = [r for r in rows if r.get(key)]
         if not pts:
             continue
-        xs = [r["parameters"] * dx for r in pts]
+        xs = [r["parameters"] * dx * (1.15 if r.get("reward_model") else 1.0) for r in pts]  # pairs beside
         ys = [r[key]["diff"] for r in pts]
         err = [[y - (r[key]["ci_low"] if r[key]["ci_low"] is not None else y) for y, r in zip(ys, pts)],
                [(r[key]["ci_high"] if r[key]["ci_high"] is not None else y) - y for y, r in zip(ys, pts)]]
         ax.errorbar(xs, ys, yerr=err, fmt=marker, capsize=3, label=name)
         if key == "icl_minus_best_rgd":
             for x, y, r in zip(xs, ys, pts):
-                ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+                ax.annotate(r["label"], (x, y), textcoords="offset points", fontsize=7,
+                            xytext=(5, -12) if r.get("reward_model") else (5, 5))
     ax.errorbar([7e9], [sum(PAPER_LEAD_7B) / 2], yerr=[[0.01], [0.01]], fmt="D", color="grey", capsize=3,
                 label="motivating study at 7B (+3 - 5 ROUGE-1)")
     ax.axhline(0, color="black", lw=0.8)

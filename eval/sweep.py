@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RunArgumentError
-from .io import read_json
+from .io import read_json, write_json
 from .run_args import add_arguments, check_args
 from .scale import scale_row, write_scale_report
 
@@ -124,16 +124,22 @@ def sweep(args) -> int:
     rows, failed = [], []
     for i, cfg in enumerate(cfgs, 1):
         run_dir = out / cfg.label
-        meta = {"run_dir": str(run_dir)}
-        if not args.report_only:
+        meta_path = run_dir / "sweep-run.json"  # this configuration's last run: wall time, peak RSS, exit status
+        if args.report_only:
+            meta = read_json(meta_path) if meta_path.is_file() else {"run_dir": str(run_dir)}
+        else:
             print(f"rgd-eval sweep: [{i}/{len(cfgs)}] {cfg.label}", flush=True)
-            meta |= run_measured([sys.executable, "-m", "rgd_eval", *run_argv(cfg, run_dir, options)])
+            meta = {"run_dir": str(run_dir)} | run_measured([sys.executable, "-m", "rgd_eval",
+                                                            *run_argv(cfg, run_dir, options)])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(meta_path, meta)
             if meta["returncode"] != 0:
-                failed.append({"label": cfg.label, "error": meta["error"], **meta})
+                failed.append({"label": cfg.label, **meta})
                 continue
         results_path = run_dir / "results.json"
         if not results_path.is_file():
-            failed.append({"label": cfg.label, "error": f"no {results_path} (run the sweep without --report-only)"})
+            failed.append({"label": cfg.label, **meta,
+                           "error": meta.get("error") or f"no {results_path} (run the sweep without --report-only)"})
             continue
         rows.append(scale_row(cfg.label, read_json(results_path), meta))
     for path in write_scale_report(out, rows, failed, preset_notes(cfgs), command):

@@ -127,8 +127,32 @@ def test_report_only_rebuilds_the_report_without_running(swept):
     from rgd_eval.cli import main
 
     out, argv, _ = swept
+    before = json.loads((out / "scale.json").read_text())
     (out / "scale.md").unlink()
     mtime = (out / "small" / "results.json").stat().st_mtime
     assert main([*argv, "--report-only"]) == 1  # the failed configuration has no results.json
     assert (out / "scale.md").is_file()
     assert (out / "small" / "results.json").stat().st_mtime == mtime
+    after = json.loads((out / "scale.json").read_text())
+    assert after["rows"] == before["rows"]  # the runs' wall time and peak RSS come back from sweep-run.json
+    assert after["failed"][0]["error"] == before["failed"][0]["error"]
+
+
+def _row(label, params, users, diff, lo, hi, reward_model=None):
+    t = {"diff": diff, "ci_low": lo, "ci_high": hi, "p_value": None, "p_holm": None, "n_users": users}
+    return {"label": label, "parameters": params, "test_users": users, "reward_model": reward_model,
+            "icl_minus_best_rgd": t}
+
+
+def test_reading_counts_cis_and_says_when_too_few_users_for_any_significance():
+    from rgd_eval.scale import reading
+
+    rows = [_row("a", 1e8, 50, 0.03, 0.01, 0.05), _row("b", 5e8, 50, -0.02, -0.04, -0.01),
+            _row("c", 1e9, 50, 0.0, -0.01, 0.01), _row("b+rm", 5e8, 50, 0.0, -0.01, 0.01, reward_model="x")]
+    text = "\n".join(reading(rows, {}))
+    assert "above 0 for 1 of 4 configurations (a)" in text and "below 0 for 1 (b)" in text
+    assert "smallest (a, +0.030) to the largest policy (c, +0.000)" in text  # the reward pair is not a policy point
+    assert "cannot give a two-sided p" not in text and "fewer than 20 test users" not in text
+    few = "\n".join(reading([_row("a", 1e8, 4, 0.03, 0.0, 0.07), _row("c", 1e9, 5, 0.0, -0.01, 0.01)], {}))
+    assert "With 4 test users a sign-flip test over users cannot give a two-sided p below 2 / 2^4 = 0.125" in few
+    assert "fewer than 20 test users (a, c)" in few
