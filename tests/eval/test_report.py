@@ -218,3 +218,19 @@ def test_kendall_verdict_reads_the_ci_not_only_the_point(tau, lo, hi, verdict):
     rows = paper_beside_us(res, 135_000_000)
     assert rows[0]["verdict"].startswith(verdict), rows[0]["verdict"]
     assert rows[-1]["verdict"].startswith("cannot be tested: ICL or RGD generation was not run")
+
+
+@pytest.mark.parametrize("acc_a,acc_b,testable", [(199 / 200, 159 / 200, True), (199 / 200, 160 / 200, False),
+                                                   (1.0, 0.8, True)])
+def test_a_20_point_rm_accuracy_gap_counts_despite_float_rounding(acc_a, acc_b, testable):
+    """0.995 - 0.795 is 0.19999999999999996 in floating point: a gap of 40 pairs in 200 is 20 points."""
+    from rgd_eval.analysis import paper_beside_us
+
+    def entry(acc):
+        return {"x": {"rm_accuracy": acc, "validated_w": 1.0, "selected": True}}
+
+    gen = {s: {"rouge1": {"mean": m}} for s, m in (("rgd/a/w=1", 0.10), ("rgd/b/w=1", 0.11), ("icl", 0.12))}
+    res = {"kendall": {}, "generation": gen, "comparisons": {"tests": {}},
+           "reward_models": {"a": entry(acc_a), "b": entry(acc_b)}}
+    row = next(r for r in paper_beside_us(res, 135_000_000) if r["claim"].startswith("20-point"))
+    assert row["verdict"].startswith("cannot be tested") != testable, row["verdict"]
