@@ -38,6 +38,15 @@ def add_weight_bandwidth(results: dict, bench: Bench, bandwidth_gb_s: float) -> 
         r["floor_fraction"] = r["weight_gb_s"] / bandwidth_gb_s if rate else None
 
 
+def measure_mode(bench: Bench, name: str, call, kv: int, **extra) -> dict:
+    """measure() of one mode at the run's batch and token budget, with the mode's own fields added."""
+    a = bench.args
+    result = measure(name, call, batch=a.batch, new_tokens=a.new_tokens, args=a, device=bench.device, kv_formula=kv,
+                     eos_ids=bench.eos_ids)
+    result.update(extra)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Calls: each returns call(n) -> Run
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,16 +101,14 @@ def baseline_call(fn, bench: Bench, batch: int, bank):
 def run_hf_greedy(bench: Bench) -> dict:
     a, p = bench.args, bench.engine.policy
     kv = kv_bytes(p.config, a.batch, a.prompt_len + a.new_tokens - 1, p.dtype)  # the last token is never fed
-    return measure("hf-greedy", hf_call(bench, a.batch), batch=a.batch, new_tokens=a.new_tokens, args=a,
-                   device=bench.device, kv_formula=kv, eos_ids=bench.eos_ids)
+    return measure_mode(bench, "hf-greedy", hf_call(bench, a.batch), kv)
 
 
 def run_engine_greedy(bench: Bench) -> dict:
     a, p = bench.args, bench.engine.policy
     kv = kv_bytes(p.config, a.batch, a.prompt_len + a.new_tokens + 1, p.dtype)  # capacity: +1 scratch slot
     call = engine_call(bench.engine, bench.prompts[:a.batch])
-    return measure("engine-greedy", call, batch=a.batch, new_tokens=a.new_tokens, args=a, device=bench.device,
-                   kv_formula=kv, eos_ids=bench.eos_ids)
+    return measure_mode(bench, "engine-greedy", call, kv)
 
 
 def run_rgd(bench: Bench, name: str, engine, batch: int, k: int, users: list[str], repeats: int | None = None,
@@ -227,10 +234,7 @@ def run_rgd_token(bench: Bench) -> dict:
     kv = kv_bytes(p.config, a.batch, a.prompt_len + a.new_tokens + 1, p.dtype)
     call = engine_call(bench.engine, bench.prompts[:a.batch], k=a.k, bank=bank, slots=bank.slots(["u0"] * a.batch),
                        weight=a.weight, rule="token")
-    result = measure("rgd-token", call, batch=a.batch, new_tokens=a.new_tokens, args=a, device=bench.device,
-                     kv_formula=kv, eos_ids=bench.eos_ids)
-    result.update(k=a.k, rank=a.token_rank)
-    return result
+    return measure_mode(bench, "rgd-token", call, kv, k=a.k, rank=a.token_rank)
 
 
 def run_rgd_logratio(bench: Bench) -> dict:
@@ -242,10 +246,7 @@ def run_rgd_logratio(bench: Bench) -> dict:
     kv = (kv_bytes(p.config, a.batch, a.prompt_len + a.new_tokens + 1, p.dtype)
           + kv_bytes(p.config, a.batch, a.context_len + a.prompt_len + a.new_tokens + 1, p.dtype))
     call = engine_call(bench.engine, prompts, k=a.k, weight=a.weight, cond_prompts=conds, rule="logratio")
-    result = measure("rgd-logratio", call, batch=a.batch, new_tokens=a.new_tokens, args=a, device=bench.device,
-                     kv_formula=kv, eos_ids=bench.eos_ids)
-    result.update(k=a.k, context_len=a.context_len)
-    return result
+    return measure_mode(bench, "rgd-logratio", call, kv, k=a.k, context_len=a.context_len)
 
 
 def run_rgd_bon_block(bench: Bench) -> dict:
@@ -256,10 +257,7 @@ def run_rgd_bon_block(bench: Bench) -> dict:
     call = engine_call(bench.engine, bench.prompts[:a.batch], bank=bank, slots=bank.slots(["u0"] * a.batch),
                        weight=a.weight, rule="bon-block", n_samples=a.bon_samples, block_size=a.bon_block_size,
                        seed=a.seed)
-    result = measure("rgd-bon-block", call, batch=a.batch, new_tokens=a.new_tokens, args=a, device=bench.device,
-                     kv_formula=kv, eos_ids=bench.eos_ids)
-    result.update(n_samples=a.bon_samples, block_size=a.bon_block_size)
-    return result
+    return measure_mode(bench, "rgd-bon-block", call, kv, n_samples=a.bon_samples, block_size=a.bon_block_size)
 
 
 def run_scaling(bench: Bench) -> list[dict]:
