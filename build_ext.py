@@ -38,7 +38,7 @@ def extension_modules():
         CppExtension(
             "rgd_engine._C",
             _sources("csrc/cpu", ".cpp"),
-            include_dirs=[str(ROOT / "csrc/cpu")],
+            include_dirs=[str(ROOT / "csrc/cpu"), str(ROOT / "csrc")],
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],
             libraries=["gomp"],
@@ -49,7 +49,7 @@ def extension_modules():
             CUDAExtension(
                 "rgd_engine._C_cuda",
                 _sources("csrc/cuda", ".cu", ".cpp"),
-                include_dirs=[str(ROOT / "csrc/cuda")],
+                include_dirs=[str(ROOT / "csrc/cuda"), str(ROOT / "csrc")],
                 extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
             )
         )

@@ -1,9 +1,10 @@
 """`rgd-eval run`: the study as a short line of stages (eval/stages.py), each cached by what it reads.
 
-data -> [paraphrases: LaMP-7 pair inputs] -> negatives (rejected texts) -> Pref-LaMP pairs -> features
-(sequence, token) -> reward models (every method x variant; heads for train and test users) -> candidate trees
-(every query pair of train and test users) -> reward scales, policy accuracy, validated w -> generation
-(zero-shot, ICL, every rule at its validated w, bon-block) -> analysis (rgd_eval.analysis) -> outputs.
+data -> [paraphrases: LaMP-7 pair inputs] -> negatives (rejected texts) -> Pref-LaMP pairs -> candidate trees
+(every query pair of train and test users) -> features (sequence, token: the profile pairs' from their own forward,
+the query pairs' from their trees) -> reward models (every method x variant; heads for train and test users) ->
+reward scales, policy accuracy, validated w -> generation (zero-shot, ICL, every rule at its validated w,
+bon-block) -> analysis (rgd_eval.analysis) -> outputs.
 
 Rules (decoder.py): `args` uses the sequence-level methods (global, per-user, lore, vpl); `token` the token-level
 methods (token-global, token-per-user); `logratio` one reward, the policy conditioned on the user's BM25 top
@@ -15,6 +16,9 @@ Rewards are standardised: a configuration's r is divided by its standard deviati
 train users' query pairs, so w (in reward standard deviations) means the same for every method.
 Every prompt is the task's zero-shot prompt (input + answer cue) except ICL's and the logratio context; the reward
 input of a response is prompt tokens + tokens of " " + response, what the decoder produces after the answer cue.
+The trees and every generation system start from the policy's single-row prompt prefills (rgd_engine.PromptCache):
+each zero-shot and ICL prompt of a query is forwarded once, not once per system, with the same bits whatever the
+cache held (a resumed run or another worker computes the same outputs).
 """
 from __future__ import annotations
 
@@ -48,22 +52,27 @@ MODEL_ARGS = ("model", "reward_model", "dtype", "chat")
 GEN_ARGS = MODEL_ARGS + ("max_new_tokens", "batch_size")
 TREE_CHUNK = 4      # pairs per cached candidate-tree chunk (a few seconds each on 2 cores)
 FEATURE_CHUNK = 32  # pairs per cached feature chunk
+PROMPT_CACHE_BYTES = 3 << 30  # the study's prompt prefills (bf16 demo: about 2.5 GB for the default study)
 
 STAGES = {s.name: s for s in (
     Stage("paraphrases", GEN_ARGS, "LaMP-7: the policy's zero-shot paraphrase of each bare-text profile item "
                                    "(the input of its pair)"),
     Stage("negatives", GEN_ARGS, "rejected texts the policy writes (icl-other: conditioned on another user's "
                                  "profile; policy: zero-shot)"),
-    Stage("features", MODEL_ARGS, "final-norm states of x o y, chosen and rejected: at the last token "
-                                  "(sequence heads) and at every response prefix (token heads)", "torch"),
-    Stage("trees", MODEL_ARGS + ("k",), "teacher-forced candidate trees of the query pairs (policy accuracy)",
-          "torch"),
-    Stage("generation", GEN_ARGS, "zero-shot and ICL greedy generation", terminal=True),
+    Stage("features", MODEL_ARGS, "final-norm states of x o y of the profile pairs, chosen and rejected: at the "
+                                  "last token (sequence heads) and at every response prefix (token heads)", "torch",
+          revision=1),
+    Stage("trees", MODEL_ARGS + ("k",), "teacher-forced candidate trees of the query pairs (policy accuracy; "
+                                        "the query pairs' features)", "torch", revision=1),
+    Stage("generation", GEN_ARGS, "zero-shot and ICL greedy generation", terminal=True, revision=1),
     Stage("generation-guided", GEN_ARGS + ("k",), "reward-guided generation (args, token, logratio)",
-          terminal=True),
+          terminal=True, revision=1),
     Stage("generation-bon", GEN_ARGS, "blockwise best-of-N generation (its sampling settings in the inputs)",
-          terminal=True),
+          terminal=True, revision=1),
 )}
+
+
+SHARED_PREFILL_STAGES = ("generation", "generation-guided", "generation-bon")
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class Study:
         self.workers = workers or Workers()
         self.cache = StageCache(self.run_dir, args, self.workers)
         self._engine = None
+        self._prompt_cache = None
         self.timings: dict[str, float] = {}
 
     @property
@@ -96,6 +106,13 @@ class Study:
                                                            device=self.workers.device(a.device), dtype=a.dtype),
                                               backend=a.backend)
         return self._engine
+
+    @property
+    def prompt_cache(self):
+        """The policy's single-row prompt prefills, shared by the trees and every generation system."""
+        if self._prompt_cache is None:
+            self._prompt_cache = self.engine.new_prompt_cache(PROMPT_CACHE_BYTES)
+        return self._prompt_cache
 
     def timed(self, name: str, fn, *args, **kwargs):
         t = time.time()
@@ -110,7 +127,9 @@ class Study:
     def generate(self, stage: str, rows: list[Row], desc: str, bank=None, weight: float = 0.0,
                  heads: dict | None = None, **rule_cfg) -> dict[str, str]:
         """rows -> {id: continuation}, cached per batch-sized chunk, batches sorted by prompt length.
-        heads: user -> head tensors (hashed into the key); rule_cfg: GenerationConfig fields (rule, k, ...)."""
+        heads: user -> head tensors (hashed into the key); rule_cfg: GenerationConfig fields (rule, k, ...).
+        The generation stages start from the shared prompt prefills; negatives and paraphrases, whose prompts
+        no other stage reads, from one batched prefill."""
         a, st = self.args, STAGES[stage]
         rows = sorted(rows, key=lambda r: (len(r.prompt), r.id))
 
@@ -119,11 +138,13 @@ class Study:
                     "rows": [[r.id, r.prompt, r.cond, r.user, heads.get(r.user) if heads and r.user else None]
                              for r in chunk]}
 
+        shared = self.prompt_cache if stage in SHARED_PREFILL_STAGES else None
+
         def compute(chunk):
             gens = self.engine.generate([r.prompt for r in chunk], users=[r.user for r in chunk], heads=bank,
                                         chat=a.chat, max_new_tokens=a.max_new_tokens, stop=("\n",), weight=weight,
                                         cond_prompts=[r.cond for r in chunk] if rule_cfg.get("rule") == "logratio"
-                                        else None, **rule_cfg)
+                                        else None, prompt_cache=shared, **rule_cfg)
             return {r.id: g.text.strip() for r, g in zip(chunk, gens)}
 
         out: dict[str, str] = {}
@@ -177,9 +198,9 @@ def build_pairs(study: Study, ds: LaMPDataset) -> tuple[PrefLaMP, dict[str, str]
 
 
 def compute_features(study: Study, pairs, prompts) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Reward features of every pair from one forward of each x o y: h(x o y_w), h(x o y_l) as two [P, d]
-    tensors (sequence-level heads) and {pair_id: (chosen, rejected)} TokenSeqs (prefix states and the backbone's
-    LM-head rows of the response tokens: token-level heads)."""
+    """Reward features of pairs from one forward of each x o y: h(x o y_w), h(x o y_l) as two [P, d] tensors
+    (sequence-level heads) and {pair_id: (chosen, rejected)} TokenSeqs (prefix states and the backbone's LM-head
+    rows of the response tokens: token-level heads)."""
     from rgd_engine.features import response_states
 
     eng = study.engine
@@ -225,7 +246,8 @@ def compute_trees(study: Study, pairs, prompts, conds: dict[str, str] | None):
             x = eng.encode(prompts[p.pair_id])
             cond = eng.encode(conds[p.pair_id]) if conds else None
             trees = prompt_candidate_states(eng.policy, eng.backbone, x, [study.response_ids(p.chosen),
-                                            study.response_ids(p.rejected)], a.k, a.backend, cond_prompt_ids=cond)
+                                            study.response_ids(p.rejected)], a.k, a.backend, cond_prompt_ids=cond,
+                                            prompt_cache=study.prompt_cache)
             for side, cs in zip(("chosen", "rejected"), trees):
                 res[f"{p.pair_id}|{side}"] = {f: getattr(cs, f) for f in fields if getattr(cs, f) is not None}
         return res
@@ -238,6 +260,18 @@ def compute_trees(study: Study, pairs, prompts, conds: dict[str, str] | None):
             pid, side = key.rsplit("|", 1)
             out.setdefault(pid, {})[side] = CandidateStates(**{f: rec.get(f) for f in fields})
     return {pid: (d["chosen"], d["rejected"]) for pid, d in out.items()}
+
+
+def tree_features(trees: dict, pairs, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """compute_features of the query pairs, read from their candidate trees: the gold column of a tree holds the
+    states of x o y<=t, so its last row is h(x o y) and its prefix states are those of x o y<t. emb [V, d]."""
+    def last(cs):
+        return cs.states[-1, cs.k]  # [d]
+
+    hw = torch.stack([last(trees[p.pair_id][0]) for p in pairs])  # [P, d]
+    hl = torch.stack([last(trees[p.pair_id][1]) for p in pairs])
+    tok = {p.pair_id: tuple(TokenSeq(cs.prefix, emb[cs.ids[:, cs.k]]) for cs in trees[p.pair_id]) for p in pairs}
+    return hw, hl, tok
 
 
 def fit_reward_models(args, pref: PrefLaMP, feats, tok_feats) -> dict[tuple[str, str], dict]:
@@ -451,8 +485,17 @@ def run_study(args, workers: Workers, t0: float) -> int:
     study = Study(args, workers)
     ds = study.timed("data", load_data, args)
     pref, prompts = study.timed("pairs", build_pairs, study, ds)
-    row = {p.pair_id: i for i, p in enumerate(pref.pairs)}
-    hw, hl, tok = study.timed("features", compute_features, study, pref.pairs, prompts)
+    query_pairs, profile_pairs = pref.select(kind="query"), pref.select(kind="profile")
+    conds = None
+    if "logratio" in args.rules:
+        conds = {p.pair_id: icl_prompt(ds.task, p.input, ds.profile(p.split, p.user_id), n=args.icl_n)
+                 for p in query_pairs}
+    trees = study.timed("trees", compute_trees, study, query_pairs, prompts, conds)
+    emb = study.engine.backbone.lm_head_weight.detach().float().cpu()
+    hw, hl, tok = study.timed("features", compute_features, study, profile_pairs, prompts)
+    qw, ql, qtok = tree_features(trees, query_pairs, emb)
+    hw, hl, tok = torch.cat([hw, qw]), torch.cat([hl, ql]), {**tok, **qtok}
+    row = {p.pair_id: i for i, p in enumerate(profile_pairs + query_pairs)}
 
     def seq_feats(split, kind):
         sel = pref.select(split, kind)
@@ -463,13 +506,6 @@ def run_study(args, workers: Workers, t0: float) -> int:
         return token_features_by_user(pref.select(split, kind), tok)
 
     fitted = study.timed("reward models", workers.on_rank0, fit_reward_models, args, pref, seq_feats, tok_feats)
-    query_pairs = pref.select(kind="query")
-    conds = None
-    if "logratio" in args.rules:
-        conds = {p.pair_id: icl_prompt(ds.task, p.input, ds.profile(p.split, p.user_id), n=args.icl_n)
-                 for p in query_pairs}
-    trees = study.timed("trees", compute_trees, study, query_pairs, prompts, conds)
-    emb = study.engine.backbone.lm_head_weight.detach().float().cpu()
     evals = study.timed("policy accuracy", workers.on_rank0, evaluate_configs, study, pref, fitted, seq_feats,
                         tok_feats, trees, emb)
     systems = study.timed("generation", generation_systems, study, ds, pref, fitted, evals)

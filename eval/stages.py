@@ -44,6 +44,9 @@ class Stage:
     # True when no later stage reads its output (only the final global steps do): several workers then need not
     # wait for each other's chunks of it (rgd_eval.distributed)
     terminal: bool = False
+    # Raised when the stage's computation changes its outputs (e.g. their rounding) for the same reads and
+    # inputs: a run folder then recomputes it instead of mixing chunks of the old and the new code.
+    revision: int = 0
 
     def __post_init__(self):
         if self.fmt not in ("json", "torch"):
@@ -124,12 +127,14 @@ class StageCache:
         self.reused: dict[str, int] = {}
 
     def key(self, stage: Stage, inputs: dict) -> dict:
-        """Stage name + the values of the arguments it reads + the content of its inputs."""
+        """Stage name (and revision) + the values of the arguments it reads + the content of its inputs."""
         missing = [a for a in stage.reads if not hasattr(self.args, a)]
         if missing:
             raise AttributeError(f"stage {stage.name!r} reads unknown arguments {missing}")
-        return key_of({"stage": stage.name, "args": {a: getattr(self.args, a) for a in stage.reads},
-                       "inputs": inputs})
+        parts = {"stage": stage.name, "args": {a: getattr(self.args, a) for a in stage.reads}, "inputs": inputs}
+        if stage.revision:
+            parts["revision"] = stage.revision
+        return key_of(parts)
 
     def path(self, stage: Stage, key: dict) -> Path:
         return self.root / stage.name / f"{key_hash(key)}.{'json' if stage.fmt == 'json' else 'pt'}"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .reward_models import _bt_loss, _lbfgs, _one_thread, variant_name

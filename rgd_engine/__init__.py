@@ -17,6 +17,7 @@ _EXPORTS = {
     "ModelLoadError": ".errors", "PromptTooLongError": ".errors", "RGDError": ".errors",
     "TokenizerMismatchError": ".errors", "UnknownUserError": ".errors",
     "HeadBank": ".heads", "TokenHeadBank": ".heads", "load_bank": ".heads",
+    "PromptCache": ".prompt_cache",
 }
 __all__ = sorted(_EXPORTS)
 

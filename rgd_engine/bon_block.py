@@ -21,18 +21,19 @@ from .heads import HeadBank
 from .kernels import GREEDY, score_select
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper
-from .stream import Stream, finish, kv_bytes, left_pad, new_generator
+from .stream import Stream, finish, kv_bytes, left_pad, new_generator, open_stream
 
 
 def generate_bon_block(dec, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | None,
-                       slots: torch.Tensor, weights: torch.Tensor, users: list | None) -> list:
-    """slots [B] head-bank slots (-1 = none), weights [B] reward weights w (on the policy's device)."""
+                       slots: torch.Tensor, weights: torch.Tensor, users: list | None, prompt_cache=None) -> list:
+    """slots [B] head-bank slots (-1 = none), weights [B] reward weights w (on the policy's device);
+    prompt_cache: the policy's PromptCache or None (Decoder.generate)."""
     B, N, dev = len(prompts), cfg.n_samples, dec.policy.device
     guided = bank is not None and bool(((slots >= 0) & (weights != 0)).any())
     ids, pad_mask = left_pad(prompts, dec.pad_token_id, dev)
     capacity = ids.shape[1] + cfg.max_new_tokens + 1
     fan_out = torch.arange(B, device=dev).repeat_interleave(N)  # [B*N]
-    policy = Stream(dec.policy, ids, pad_mask, capacity)
+    policy = open_stream(dec.policy, prompts, ids, pad_mask, capacity, prompt_cache)
     policy.select_rows(fan_out)
     rm = None
     if guided and dec.reward is not None:

@@ -26,7 +26,7 @@ from .kernels.dispatch import check_slots
 from .models import CausalLM
 from .sampling import filter_logits, sample_tokens
 from .stopping import RowStopper, eos_token_ids
-from .stream import Generation, Stream, finish, kv_bytes, left_pad, new_generator
+from .stream import Generation, Stream, finish, kv_bytes, left_pad, new_generator, open_stream
 
 
 class Decoder:
@@ -45,9 +45,12 @@ class Decoder:
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], cfg: GenerationConfig, bank: HeadBank | TokenHeadBank | None = None,
                  slots: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                 users: list | None = None, cond_prompts: list[list[int]] | None = None) -> list[Generation]:
+                 users: list | None = None, cond_prompts: list[list[int]] | None = None,
+                 prompt_cache=None) -> list[Generation]:
         """prompts: token ids per row; slots [B] head-bank slots (-1 = none); weights [B] reward weights w;
-        cond_prompts: the profile-conditioned prompt of each row (`logratio` rule only)."""
+        cond_prompts: the profile-conditioned prompt of each row (`logratio` rule only); prompt_cache: a
+        PromptCache of the policy: its streams (the prompts, the conditioned prompts) start from single-row
+        prefills, computed once per prompt (rgd_engine/prompt_cache.py)."""
         cfg.validate()
         B, dev = len(prompts), self.policy.device
         if B == 0:
@@ -55,6 +58,9 @@ class Decoder:
         if any(len(p) == 0 for p in prompts):
             raise ValueError(f"prompt {[len(p) for p in prompts].index(0)} is empty (no tokens)")
         check_rule_inputs(cfg.rule, bank, cond_prompts, B)
+        if prompt_cache is not None and prompt_cache.model is not self.policy:
+            raise ValueError(f"prompt_cache belongs to model {prompt_cache.model.name!r}, not to the policy "
+                             f"{self.policy.name!r}")
         if cfg.stop and self.policy.tokenizer is None:
             raise ValueError("stop strings need the policy's tokenizer (this policy has none)")
         slots = torch.full((B,), -1, dtype=torch.int64, device=dev) if slots is None else slots.to(dev)
@@ -64,7 +70,7 @@ class Decoder:
             check_slots(slots, bank.capacity, "slots")
         weights = torch.full((B,), float(cfg.weight), device=dev) if weights is None else weights.to(dev).float()
         if cfg.rule == "bon-block":
-            return generate_bon_block(self, prompts, cfg, bank, slots, weights, users)
+            return generate_bon_block(self, prompts, cfg, bank, slots, weights, users, prompt_cache)
         if cfg.rule == "logratio":
             guided = bool((weights != 0).any())
         else:
@@ -73,7 +79,7 @@ class Decoder:
         ids, pad_mask = left_pad(prompts, self.pad_token_id, dev)
         # Scratch slots past the committed tokens: k for the args candidate tree, 1 for a plain step.
         capacity = ids.shape[1] + cfg.max_new_tokens + (k if guided and cfg.rule == "args" else 1)
-        policy = Stream(self.policy, ids, pad_mask, capacity)
+        policy = open_stream(self.policy, prompts, ids, pad_mask, capacity, prompt_cache)
         gen = new_generator(cfg.seed, dev)
         if not guided:
             step = _Plain(self, policy, cfg, gen)
@@ -85,7 +91,8 @@ class Decoder:
             step = _Token(self, policy, rm, bank, slots, weights, k, cfg, gen)
         else:
             cond_ids, cond_mask = left_pad(cond_prompts, self.pad_token_id, dev)
-            cond = Stream(self.policy, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1)
+            cond = open_stream(self.policy, cond_prompts, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1,
+                               prompt_cache)
             step = _LogRatio(self, policy, cond, weights, k, cfg, gen)
         return self._run(step, cfg, B, users)
 

@@ -14,6 +14,7 @@ from .decoder import Decoder, Generation
 from .errors import GenerationInputError, HeadBankError, PromptTooLongError
 from .heads import HeadBank, TokenHeadBank, load_bank
 from .models import CausalLM, check_same_tokenizer, load_causal_lm
+from .prompt_cache import PromptCache
 
 
 class Engine:
@@ -130,6 +131,10 @@ class Engine:
         return TokenHeadBank(self.hidden_size, rank, capacity, backbone_id=self.backbone_id,
                              default_user=default_user, device=self.policy.device)
 
+    def new_prompt_cache(self, max_bytes: int = 2 << 30) -> PromptCache:
+        """A cache of the policy's prompt prefills for `generate(prompt_cache=...)` (rgd_engine/prompt_cache.py)."""
+        return PromptCache(self.policy, max_bytes)
+
     def encode(self, prompt: str, chat: bool = False, what: str = "prompt") -> list[int]:
         """Prompt text -> token ids; raw unless chat=True (then the tokenizer's chat template, generation prompt added).
         `what` names the text in errors (e.g. "prompt 3"): it must be a str that is valid UTF-8."""
@@ -145,10 +150,12 @@ class Engine:
     def generate(self, prompts: list[str] | str, users: list | str | None = None,
                  heads: HeadBank | TokenHeadBank | None = None, config: GenerationConfig | None = None,
                  chat: bool = False, weights: list[float] | None = None, cond_prompts: list[str | None] | None = None,
-                 **overrides) -> list[Generation]:
+                 prompt_cache: PromptCache | None = None, **overrides) -> list[Generation]:
         """Decode each prompt with `config.rule`. args / token / bon-block: rows with a user (and a head bank of
         the rule's kind) are reward-guided. logratio: every row with w != 0 is guided by the policy conditioned on
-        its `cond_prompts` entry (the prompt with the user's profile in it; None = the plain prompt, reward 0)."""
+        its `cond_prompts` entry (the prompt with the user's profile in it; None = the plain prompt, reward 0).
+        prompt_cache: a PromptCache of the policy (`new_prompt_cache`): every prompt is prefilled alone, once, and
+        reused by later calls (outputs then do not depend on which prompts share a batch)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if users is None or isinstance(users, str):
@@ -183,7 +190,7 @@ class Engine:
                                            "EngineConfig.heads)")
         slots = bank.slots(users) if bank is not None else None
         return self.decoder.generate(ids, cfg, bank=bank, slots=slots, weights=w, users=list(users),
-                                     cond_prompts=cond_ids)
+                                     cond_prompts=cond_ids, prompt_cache=prompt_cache)
 
     @torch.inference_mode()
     def features(self, prompt_ids: list[list[int]], response_ids: list[list[int]], batch_size: int = 16) -> torch.Tensor:

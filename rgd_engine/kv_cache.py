@@ -74,7 +74,7 @@ class KVCache:
         q = 1 is an ordinary decode step; q = k is a depth-1 candidate tree. -> [B, 1, q, T]
         """
         self._need(q)
-        B, T = self._bias.shape[0], self._width(q)
+        T = self._width(q)
         mask = self._bias[:, None, :T].repeat(1, q, 1)  # [B, q, T]; scratch slots are still masked
         own = torch.arange(q, device=mask.device)
         mask[:, own, self.length + own] = 0

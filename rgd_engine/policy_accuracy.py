@@ -31,6 +31,7 @@ import torch
 
 from .kernels import lmhead_topk
 from .models import CausalLM
+from .prompt_cache import Prefill, PromptCache
 
 
 @dataclass
@@ -125,9 +126,13 @@ class _FastPrompt:
     every y_i are ONE forward (the responses side by side after x, each seeing x and itself only), and the
     candidate trees of all responses one more. Few, large forwards keep the matmuls near the CPU's peak."""
 
-    def __init__(self, model: CausalLM, ids: list[int], room: int):
+    def __init__(self, model: CausalLM, ids: list[int], room: int, prefill: Prefill | None = None):
         self.model, self.ids, self.P = model, ids, len(ids)
         self.cache = model.new_cache(1, self.P + room)
+        self.prefilled = prefill is not None
+        if prefill is not None:  # x's K/V from its single-row prefill: only the responses are forwarded
+            self.cache.kv[:, :, :, :, :self.P] = prefill.cache.kv  # [L, 2, 1, Hkv, P, D]
+            self.last = prefill.last_hidden  # [d]
 
     def _forward(self, ids: list[int], pos: list[int], allowed: torch.Tensor) -> torch.Tensor:
         """ids written at slots [length, length + q), allowed [q, length + q] bool -> hidden [q, d]."""
@@ -138,18 +143,21 @@ class _FastPrompt:
         return h[0]
 
     def extend_all(self, ys: list[list[int]]) -> list[torch.Tensor]:
-        """x o y_1 o ... o y_n in one forward: slot s of response i sees x and y_i's slots up to s."""
+        """x o y_1 o ... o y_n in one forward (only y_1 o ... o y_n when x is prefilled): slot s of response i
+        sees x and y_i's slots up to s."""
         P, lens = self.P, [len(y) for y in ys]
         owner = torch.tensor([-1] * P + [i for i, n in enumerate(lens) for _ in range(n)])  # response of each slot
         n = owner.numel()
+        first = P if self.prefilled else 0  # the first slot this forward writes
         causal = torch.ones(n, n, dtype=torch.bool).tril()
         allowed = causal & ((owner[None, :] == -1) | (owner[None, :] == owner[:, None]))
         pos = list(range(P)) + [P + t for m in lens for t in range(m)]
-        self.cache.length = 0
-        h = self._forward(self.ids + [v for y in ys for v in y], pos, allowed)
-        self.last = h[P - 1]  # [d]
+        self.cache.length = first
+        h = self._forward((self.ids + [v for y in ys for v in y])[first:], pos[first:], allowed[first:])
+        if not self.prefilled:
+            self.last = h[P - 1]  # [d]
         self.starts = [P + sum(lens[:i]) for i in range(len(ys))]  # first slot of each response
-        return [h[st:st + m] for st, m in zip(self.starts, lens)]
+        return [h[st - first:st - first + m] for st, m in zip(self.starts, lens)]
 
     def tree_all(self, cands: list[torch.Tensor]) -> list[torch.Tensor]:
         """Candidate (i, t, j) at position P + t sees x, y_i,<t and itself: all trees in one forward."""
@@ -174,27 +182,36 @@ class _FastPrompt:
         return list(h.split(sizes))
 
 
-def _prompt(model: CausalLM, ids: list[int], room: int):
-    """x cached for responses (and trees) of up to `room` more tokens, in the storage of the model's forward."""
-    return (_FastPrompt if model.fast is not None else _HFPrompt)(model, ids, room)
+def _prompt(model: CausalLM, ids: list[int], room: int, prompt_cache: PromptCache | None = None):
+    """x cached for responses (and trees) of up to `room` more tokens, in the storage of the model's forward.
+    Under the fast forward, x's K/V come from prompt_cache (when it is this model's): the same single-row
+    prefill that generation reuses. The HF path forwards x itself."""
+    if model.fast is None:
+        return _HFPrompt(model, ids, room)
+    own = prompt_cache is not None and prompt_cache.model is model
+    return _FastPrompt(model, ids, room, prompt_cache.get(ids) if own else None)
 
 
 @torch.inference_mode()
 def candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: list[int], response_ids: list[int],
-                     k: int, backend: str | None = None, cond_prompt_ids: list[int] | None = None) -> CandidateStates:
+                     k: int, backend: str | None = None, cond_prompt_ids: list[int] | None = None,
+                     prompt_cache: PromptCache | None = None) -> CandidateStates:
     """Teacher-forced candidate tree for one (prompt, response). backbone may be the policy (shared trunk).
     cond_prompt_ids: the profile-conditioned prompt (c_u o x) for the `logratio` rule, or None."""
-    return prompt_candidate_states(policy, backbone, prompt_ids, [response_ids], k, backend, cond_prompt_ids)[0]
+    return prompt_candidate_states(policy, backbone, prompt_ids, [response_ids], k, backend, cond_prompt_ids,
+                                   prompt_cache)[0]
 
 
 @torch.inference_mode()
 def prompt_candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: list[int],
                             responses: list[list[int]], k: int, backend: str | None = None,
-                            cond_prompt_ids: list[int] | None = None) -> list[CandidateStates]:
+                            cond_prompt_ids: list[int] | None = None,
+                            prompt_cache: PromptCache | None = None) -> list[CandidateStates]:
     """candidate_states of several responses to one prompt (a pair's chosen and rejected). The prompt x (and the
     conditioned prompt c_u o x) is forwarded once and shared through its KV cache (`_prompt`: the engine's tensor
     cache under the fast forward, else an HF cache); per response y, x o y continues that cache, and the T*k
-    candidates are one more cached forward with a tree mask."""
+    candidates are one more cached forward with a tree mask. prompt_cache: the policy's PromptCache, whose
+    single-row prefills of x and c_u o x the fast forward starts from (and leaves there for generation)."""
     if any(not r for r in responses):
         raise ValueError("policy accuracy needs a non-empty response (0 tokens)")
     if not prompt_ids:
@@ -204,9 +221,9 @@ def prompt_candidate_states(policy: CausalLM, backbone: CausalLM, prompt_ids: li
     dev = policy.device
     shared = backbone is policy
     total = sum(len(r) for r in responses)
-    x_back = _prompt(backbone, prompt_ids, total * (k + 1))
-    x_pol = x_back if shared else _prompt(policy, prompt_ids, total)
-    c_pol = _prompt(policy, cond_prompt_ids, total) if cond_prompt_ids is not None else None
+    x_back = _prompt(backbone, prompt_ids, total * (k + 1), prompt_cache)
+    x_pol = x_back if shared else _prompt(policy, prompt_ids, total, prompt_cache)
+    c_pol = _prompt(policy, cond_prompt_ids, total, prompt_cache) if cond_prompt_ids is not None else None
     hs_back = x_back.extend_all(responses)  # [T_i, d] each: states of x o y_i,<=t
     hs_pol = hs_back if shared else x_pol.extend_all(responses)
     # the states that predict y_1..y_T of every response, in one LM-head call

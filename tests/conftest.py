@@ -7,6 +7,10 @@ import os
 
 if os.environ.get("RGD_TEST_DEVICE", "cpu") != "cuda":
     os.environ["TRITON_INTERPRET"] = "1"
+    try:  # triton reads the variable when first imported: import it now, before a test unsets it (test_dispatch)
+        import triton  # noqa: F401
+    except ImportError:
+        pass
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -9,7 +9,6 @@ use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from .cache import cache_dir
 

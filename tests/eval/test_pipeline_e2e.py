@@ -390,3 +390,39 @@ def test_reward_scale_is_the_sd_over_train_candidates_by_brute_force(golden, tin
                     h = policy.base(input_ids=torch.tensor([prefix + [v] for v in cands])).last_hidden_state[:, -1]
                     rewards += (h.double() @ w_u.double() + b_u).tolist()
     assert entry["reward_scale"] == pytest.approx(float(torch.tensor(rewards).std()), rel=1e-3)
+
+
+def test_query_features_from_trees_equal_a_forward_of_each_sequence(tiny_model):
+    """The query pairs' reward features are read off their candidate trees (pipeline.tree_features): they must be
+    the states of a plain forward of x o y (rgd_engine.features.response_states)."""
+    from types import SimpleNamespace
+
+    from rgd_engine import Engine
+    from rgd_engine.features import response_states
+    from rgd_engine.models import load_causal_lm
+    from rgd_engine.policy_accuracy import prompt_candidate_states
+    from rgd_eval.pipeline import tree_features
+
+    engine = Engine(load_causal_lm(str(tiny_model)))
+    enc = lambda t: engine.tokenizer(" " + t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rows = [("Headline for: the council voted", "Council votes", "A vote by the city council today"),
+            ("Headline for: frogs in the pond", "Pond frogs sing loudly at night", "Frogs")]
+    pairs, trees, xs, ys = [], {}, [], []
+    for i, (x, yw, yl) in enumerate(rows):
+        p = SimpleNamespace(pair_id=f"p{i}")
+        pairs.append(p)
+        ids, resp = engine.encode(x), [enc(yw), enc(yl)]
+        trees[p.pair_id] = tuple(prompt_candidate_states(engine.policy, engine.policy, ids, resp, 3,
+                                                         prompt_cache=engine.new_prompt_cache()))
+        xs += [ids, ids]
+        ys += resp
+    emb = engine.policy.lm_head_weight.detach().float()
+    hw, hl, tok = tree_features(trees, pairs, emb)
+    last, prefix = response_states(engine.policy, xs, ys)
+    torch.testing.assert_close(hw, last[0::2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(hl, last[1::2], rtol=1e-4, atol=1e-4)
+    for i, p in enumerate(pairs):
+        for side in (0, 1):
+            seq = tok[p.pair_id][side]
+            torch.testing.assert_close(seq.h, prefix[2 * i + side], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(seq.e, emb[torch.tensor(ys[2 * i + side])])
