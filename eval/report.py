@@ -96,6 +96,13 @@ def personalization_section(results: dict) -> str:
                       "", verdict])
 
 
+def _reliability(r: dict) -> str:
+    """Spearman-Brown split-half reliability; "none" with the raw r where the halves do not correlate (r <= 0)."""
+    if r.get("r_spearman_brown") is None and r.get("r_mean") is not None:
+        return f"none (r = {r['r_mean']:.2f})"
+    return _f(r.get("r_spearman_brown"))
+
+
 def kendall_section(results: dict) -> str:
     k = results["kendall"]
 
@@ -104,8 +111,8 @@ def kendall_section(results: dict) -> str:
             return [label] + ["n/a"] * 7
         rel = t.get("reliability", {})
         return [label, _ci(t), _f(t.get("p_value"), 4), _f(t.get("p_value_permutation"), 4), str(t.get("n_points")),
-                str(t.get("n_users")), _f(rel.get("rm_accuracy", {}).get("r_spearman_brown")),
-                _f(rel.get("policy_accuracy", {}).get("r_spearman_brown"))]
+                str(t.get("n_users")), _reliability(rel.get("rm_accuracy", {})),
+                _reliability(rel.get("policy_accuracy", {}))]
 
     rows = [row(f"w = {w}", t) for w, t in k["per_w"].items()] + [row("validated w", k.get("validated"))] + \
         [row(f"rule {r}, validated w", t) for r, t in k.get("per_rule", {}).items()]

@@ -170,7 +170,7 @@ def test_split_half_reliability_equals_a_loop_and_behaves(fresh_seed):
     assert got["n_splits_undefined"] == n_splits - len(rs), f"seed {fresh_seed}"
     r = float(np.mean(rs))
     assert got["r_mean"] == pytest.approx(r), f"seed {fresh_seed}"
-    assert got["r_spearman_brown"] == pytest.approx(2 * r / (1 + r))
+    assert got["r_spearman_brown"] == (pytest.approx(2 * r / (1 + r)) if r > 0 else None), f"seed {fresh_seed}"
     # a noiseless axis (every user sees the same accuracy per configuration) is perfectly reliable
     exact = np.outer(np.arange(1, n_conf + 1), np.full(n_users, 2.0))
     assert split_half_reliability(exact, np.full(n_users, 10.0), seed=seed)["r_mean"] == pytest.approx(1.0)
@@ -193,3 +193,15 @@ def test_split_half_reliability_equals_a_loop_and_behaves(fresh_seed):
 def test_bad_inputs_name_the_argument(call, needle):
     with pytest.raises(ValueError, match=needle):
         call()
+
+
+def test_split_half_reliability_is_none_where_the_halves_do_not_correlate():
+    """Spearman-Brown steps up a positive half-test r; two users whose accuracies run opposite (r = -1 in every
+    split) have no reliability, not a stepped-up negative one. The report says so with the raw r."""
+    from rgd_eval.report import _reliability
+
+    correct = np.array([[1, 9], [5, 5], [9, 1]])  # [C = 3, U = 2] of 10 pairs each
+    got = split_half_reliability(correct, np.full(2, 10), n_splits=20)
+    assert got["r_mean"] == pytest.approx(-1.0) and got["r_spearman_brown"] is None
+    assert _reliability({"r_mean": -0.46, "r_spearman_brown": None}) == "none (r = -0.46)"
+    assert _reliability({"r_mean": 0.5, "r_spearman_brown": 2 / 3}) == "0.667"
