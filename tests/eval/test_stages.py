@@ -42,6 +42,18 @@ def test_get_computes_once_per_key_and_only_for_read_arguments(tmp_path):
         _cache(tmp_path).get(Stage("bad", ("nope",), ""), {}, fn)
 
 
+def test_a_raised_revision_recomputes_and_an_unchanged_one_reuses(tmp_path):
+    """A stage whose code now rounds differently (Stage.revision) must not reuse chunks of the old code."""
+    import dataclasses
+
+    calls = []
+    fn = lambda: calls.append(1) or {"x": len(calls)}  # noqa: E731
+    old, new = STAGE, dataclasses.replace(STAGE, revision=STAGE.revision + 1)
+    assert _cache(tmp_path).get(old, {"p": "a"}, fn) == {"x": 1}
+    assert _cache(tmp_path).get(new, {"p": "a"}, fn) == {"x": 2}
+    assert _cache(tmp_path).get(new, {"p": "a"}, fn) == {"x": 2} and len(calls) == 2
+
+
 def _files(tmp_path, stage):
     return sorted((tmp_path / "cache" / stage.name).iterdir())
 
