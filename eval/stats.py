@@ -362,8 +362,8 @@ def split_half_reliability(correct, n, n_splits: int = 200, seed: int = 0) -> di
     ROUGE) with n = ones([U]): each half's value is then the mean over its users.
 
     Returns {"r_mean", "r_spearman_brown" (2r/(1+r) of r_mean; None when r_mean <= 0: Spearman-Brown steps up a
-    positive half-test correlation, and a split-half r <= 0 means no reliability), "ci_low", "ci_high" (2.5 / 97.5 percentiles
-    of r over splits, a spread, not a CI), "n_splits", "n_splits_undefined", "n_points", "n_users", "method"};
+    positive half-test correlation, and a split-half r <= 0 means no reliability), "ci_low", "ci_high" (2.5 / 97.5
+    percentiles of r over splits, a spread, not a CI), "n_splits", "n_splits_undefined", "n_points", "n_users", "method"};
     all r values are None with fewer than 2 users or 3 configurations (r of 2 points is +-1 whatever the data).
     """
     correct, n = _counts_and_totals("correct", correct, "n", n)  # [C, U] each

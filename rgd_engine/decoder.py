@@ -91,8 +91,8 @@ class Decoder:
             step = _Token(self, policy, rm, bank, slots, weights, k, cfg, gen)
         else:
             cond_ids, cond_mask = left_pad(cond_prompts, self.pad_token_id, dev)
-            cond = open_stream(self.policy, cond_prompts, cond_ids, cond_mask, cond_ids.shape[1] + cfg.max_new_tokens + 1,
-                               prompt_cache)
+            cond_capacity = cond_ids.shape[1] + cfg.max_new_tokens + 1
+            cond = open_stream(self.policy, cond_prompts, cond_ids, cond_mask, cond_capacity, prompt_cache)
             step = _LogRatio(self, policy, cond, weights, k, cfg, gen)
         return self._run(step, cfg, B, users)
 

@@ -14,7 +14,7 @@ from .decoder import Decoder, Generation
 from .errors import GenerationInputError, HeadBankError, PromptTooLongError
 from .heads import HeadBank, TokenHeadBank, load_bank
 from .models import CausalLM, check_same_tokenizer, load_causal_lm
-from .prompt_cache import PromptCache
+from .prompt_cache import DEFAULT_MAX_BYTES, PromptCache
 
 
 class Engine:
@@ -131,7 +131,7 @@ class Engine:
         return TokenHeadBank(self.hidden_size, rank, capacity, backbone_id=self.backbone_id,
                              default_user=default_user, device=self.policy.device)
 
-    def new_prompt_cache(self, max_bytes: int = 2 << 30) -> PromptCache:
+    def new_prompt_cache(self, max_bytes: int = DEFAULT_MAX_BYTES) -> PromptCache:
         """A cache of the policy's prompt prefills for `generate(prompt_cache=...)` (rgd_engine/prompt_cache.py)."""
         return PromptCache(self.policy, max_bytes)
 

@@ -33,8 +33,11 @@ class Prefill:
         return self.cache.length
 
 
+DEFAULT_MAX_BYTES = 2 << 30
+
+
 class PromptCache:
-    def __init__(self, model: CausalLM, max_bytes: int = 2 << 30):
+    def __init__(self, model: CausalLM, max_bytes: int = DEFAULT_MAX_BYTES):
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.model = model

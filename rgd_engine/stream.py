@@ -81,9 +81,10 @@ class Stream:
 
 def open_stream(model: CausalLM, prompts: list[list[int]], ids: torch.Tensor, pad_mask: torch.Tensor, capacity: int,
                 prompt_cache=None) -> Stream:
-    """A batch's stream of `model`: from the prompt cache's single-row prefills (rgd_engine/prompt_cache.py) when
-    the cache belongs to this model, else one batched forward of the left-padded ids [B, P] (pad_mask [B, P])."""
-    if prompt_cache is not None and prompt_cache.model is model:
+    """A batch's stream of `model`: from the prompt cache's single-row prefills (rgd_engine/prompt_cache.py; the
+    caller checks that it is this model's), else one batched forward of the left-padded ids [B, P] (pad_mask
+    [B, P])."""
+    if prompt_cache is not None:
         return prompt_cache.stream(prompts, capacity)
     return Stream(model, ids, pad_mask, capacity)
 
