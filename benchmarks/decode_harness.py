@@ -110,14 +110,18 @@ def mb(nbytes: int | None) -> float | None:
     return None if nbytes is None else nbytes / 2**20
 
 
-def measure_read_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 7) -> float:
-    """The machine's read bandwidth in GB/s: the fastest of `repeats` timed sums of a `gib` GiB fp32 tensor (a
-    streaming reduction, after one untimed pass). The fastest pass, not the median: on a shared VM other
-    tenants only ever slow a pass down, and the floor is what the memory system can deliver."""
-    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
-    x.sum()
-    best = min(timed(lambda _: x.sum(), 0, device) for _ in range(repeats))
-    return x.numel() * 4 / best / 1e9
+def read_bandwidth_samples(device: torch.device, gib: float = 1.0, allocations: int = 3, repeats: int = 3) -> list[float]:
+    """The machine's read bandwidth in GB/s, one figure per fresh `gib` GiB fp32 tensor: the fastest of `repeats`
+    timed sums of it (a streaming reduction, after one untimed pass). Fastest per tensor: on a shared VM other
+    tenants only ever slow a pass down. Several tensors: the same sum runs 30 - 60 GB/s between processes on
+    the VM this was written on, with the pages a tensor happens to get, so one tensor is not a measurement."""
+    out = []
+    for _ in range(allocations):
+        x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
+        x.sum()
+        out.append(x.numel() * 4 / min(timed(lambda _: x.sum(), 0, device) for _ in range(repeats)) / 1e9)
+        del x
+    return out
 
 
 def weight_bytes(model: torch.nn.Module, lm_head: bool = True) -> int:

@@ -94,12 +94,45 @@ void gather_score_select_out(const torch::Tensor& query, const torch::Tensor& em
   }
 }
 
+// x [M, K], weight [N, K] (f32|bf16, the same), bias [N] of that dtype or None -> out [M, N] of that dtype.
+void small_linear_out(const torch::Tensor& x, const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
+                      torch::Tensor out) {
+  const auto a = checks::OpArgs::cpu("rgd_engine._C.small_linear", kMatrixDtypes);
+  a.dims(x, "x", 2, "[M, K]");
+  a.dims(weight, "weight", 2, "[N, K]");
+  a.matrix(weight, "weight");
+  const auto dtype = weight.scalar_type();
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  a.tensor(x, "x", dtype, {M, weight.size(1)});
+  if (bias) a.tensor(*bias, "bias", dtype, {N});
+  a.tensor(out, "out", dtype, {M, N});
+  const bool bf16 = dtype == at::kBFloat16;
+  TORCH_CHECK(rgd::cpu::small_linear_is_native(bf16), a.op(), ": this CPU lacks ",
+              bf16 ? "AVX-512 with AVX512-BF16" : "AVX-512F/BW", " (see small_linear_is_native)");
+  if (M == 0 || N == 0) return;
+  pybind11::gil_scoped_release no_gil;
+  if (bf16) {
+    using rgd::cpu::BFloat16;
+    rgd::cpu::small_linear(reinterpret_cast<const BFloat16*>(x.data_ptr()),
+                           reinterpret_cast<const BFloat16*>(weight.data_ptr()),
+                           bias ? reinterpret_cast<const BFloat16*>(bias->data_ptr()) : nullptr, M, N, K,
+                           reinterpret_cast<BFloat16*>(out.data_ptr()));
+  } else {
+    rgd::cpu::small_linear(x.data_ptr<float>(), weight.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr, M,
+                           N, K, out.data_ptr<float>());
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rgd-engine fused CPU kernels (C++17 + OpenMP)";
   m.def("lmhead_topk_bf16_is_native", &rgd::cpu::lmhead_topk_bf16_is_native,
         "whether bf16 x bf16 lmhead_topk runs on AVX512-BF16 (else the hidden rows are widened to fp32)");
+  m.def("small_linear_is_native", &rgd::cpu::small_linear_is_native, pybind11::arg("bf16"),
+        "whether small_linear runs on this CPU (AVX-512F/BW; AVX512-BF16 too for bf16)");
+  m.def("small_linear_out", &small_linear_out, "y = x W^T (+ b) for few-row x, into out", pybind11::arg("x"),
+        pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("out"));
   m.def("lmhead_topk_out", &lmhead_topk_out, "top-k log-softmax of the LM head into outputs",
         pybind11::arg("hidden"), pybind11::arg("weight"), pybind11::arg("k"), pybind11::arg("logprob"),
         pybind11::arg("ids"), pybind11::arg("lse"));

@@ -38,5 +38,12 @@ void gather_score_select(const float* query, const T* emb, const int64_t* cand_i
                          const float* logprob, const float* weight, float ratio, int64_t B, int64_t k, int64_t d,
                          bool sample, float tau, const float* rand, int64_t* chosen, float* scores, float* rewards);
 
+// x [M, K], w [N, K], bias [N] or nullptr -> y [M, N] = x w^T + bias, accumulated in fp32 (small_linear.cpp).
+// Runs only where small_linear_is_native(bf16) (AVX-512F/BW, and AVX512-BF16 for bf16); the binding checks.
+void small_linear(const float* x, const float* w, const float* bias, int64_t M, int64_t N, int64_t K, float* y);
+void small_linear(const BFloat16* x, const BFloat16* w, const BFloat16* bias, int64_t M, int64_t N, int64_t K,
+                  BFloat16* y);
+bool small_linear_is_native(bool bf16);
+
 }  // namespace cpu
 }  // namespace rgd

@@ -77,3 +77,17 @@ def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mo
                                offset.float().contiguous(), logprob.float().contiguous(), weight.float().contiguous(),
                                float(ratio), sample, float(tau), rand, chosen, scores, rewards)
     return chosen, scores, rewards
+
+
+def small_linear_native(dtype: torch.dtype) -> bool:
+    """Whether `small_linear` runs for weights of `dtype` on this CPU (float32: AVX-512F/BW; bfloat16: also
+    AVX512-BF16)."""
+    return _C is not None and dtype in _NATIVE and _C.small_linear_is_native(dtype == torch.bfloat16)
+
+
+def small_linear(x, weight, bias=None, out=None):
+    # x [M, K], weight [N, K], bias [N] or None, all of weight's dtype (float32 | bfloat16) -> out [M, N]
+    if out is None:
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=weight.dtype)
+    _C.small_linear_out(x.contiguous(), weight, bias, out)
+    return out
