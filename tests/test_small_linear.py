@@ -82,3 +82,52 @@ def test_small_linear_rejects_bad_inputs_with_a_message_that_names_them(dtype):
             cpp._C.small_linear_out(a, b_, bias, torch.empty(a.shape[0] if a.dim() == 2 else 1, 3, dtype=dtype))
     with pytest.raises(RuntimeError, match=r"out must have shape \[2, 3\]"):
         cpp._C.small_linear_out(x, w, None, torch.empty(3, 2, dtype=dtype))
+
+
+def _round_bf16(t64: torch.Tensor) -> torch.Tensor:
+    """float64 -> nearest bf16 value (via float32, exact for these magnitudes), as float64."""
+    return t64.float().to(torch.bfloat16).double()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,d", [(1, 1), (1, 576), (3, 33), (8, 100), (2, 1537)])
+def test_rms_norm_matches_hf_rmsnorm_written_in_float64(dtype, M, d, fresh_seed):
+    x, w = (torch.randn(M, d) * 3).to(dtype), torch.randn(d).to(dtype)
+    eps = 1e-5
+    out = torch.full((M, d), float("nan"), dtype=dtype)
+    got = cpp.rms_norm(x, w, eps, out=out)
+    assert got is out and not got.isnan().any(), f"seed {fresh_seed}: unwritten outputs"
+    x64, w64 = x.double(), w.double()
+    normed = x64 / torch.sqrt((x64 ** 2).mean(-1, keepdim=True) + eps)
+    if dtype == torch.bfloat16:
+        # HF rounds the normalized x to bf16, then the product with the weight: allow one bf16 step at each
+        ref = w64 * _round_bf16(normed)
+        bound = 2.0 ** -7 * ref.abs() + 2.0 ** -8 * (w64 * normed).abs() + 1e-30
+    else:
+        ref = w64 * normed
+        bound = 1e-5 * ref.abs() + 1e-6
+    err = (got.double() - ref).abs()
+    assert (err <= bound).all(), f"seed {fresh_seed}: max excess {(err - bound).max().item():.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_equals_the_torch_formula_to_one_rounding(dtype, fresh_seed):
+    from rgd_engine.models.fast_llama import rms_norm
+
+    x, w = torch.randn(5, 576).to(dtype), torch.randn(576).to(dtype)
+    want = rms_norm(x, w, 1e-6)
+    got = cpp.rms_norm(x, w, 1e-6)
+    # the fp32 statistics are summed in another order: at most one rounding step of the output apart
+    step = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -20
+    assert ((got.double() - want.double()).abs() <= step * want.double().abs() + 1e-30).all(), f"seed {fresh_seed}"
+    if dtype == torch.bfloat16:  # a 1-ulp fp32 difference of the statistic rarely moves a bf16 rounding
+        assert (got == want).float().mean() > 0.95, f"seed {fresh_seed}: most elements are bit-identical"
+
+
+def test_rms_norm_rejects_bad_inputs():
+    x, w = torch.randn(2, 8), torch.randn(8)
+    for args, pattern in [((x, torch.randn(7), 1e-6), r"weight must have shape \[8\]"),
+                          ((x.bfloat16(), w, 1e-6), "x must be"),
+                          ((x, w, -1.0), "eps must be >= 0")]:
+        with pytest.raises(RuntimeError, match=pattern):
+            cpp.rms_norm(*args)

@@ -123,6 +123,29 @@ void small_linear_out(const torch::Tensor& x, const torch::Tensor& weight, const
   }
 }
 
+// x [M, d], weight [d] (f32|bf16, the same), eps -> out [M, d] of that dtype.
+void rms_norm_out(const torch::Tensor& x, const torch::Tensor& weight, double eps, torch::Tensor out) {
+  const auto a = checks::OpArgs::cpu("rgd_engine._C.rms_norm", kMatrixDtypes);
+  a.dims(x, "x", 2, "[M, d]");
+  a.matrix(weight, "weight");
+  const auto dtype = weight.scalar_type();
+  const int64_t M = x.size(0), d = x.size(1);
+  a.tensor(weight, "weight", dtype, {d});
+  a.tensor(x, "x", dtype, {M, d});
+  a.tensor(out, "out", dtype, {M, d});
+  TORCH_CHECK(eps >= 0, a.op(), ": eps must be >= 0, got ", eps);
+  if (M == 0 || d == 0) return;
+  if (dtype == at::kBFloat16) {
+    using rgd::cpu::BFloat16;
+    rgd::cpu::rms_norm(reinterpret_cast<const BFloat16*>(x.data_ptr()),
+                       reinterpret_cast<const BFloat16*>(weight.data_ptr()), M, d, static_cast<float>(eps),
+                       reinterpret_cast<BFloat16*>(out.data_ptr()));
+  } else {
+    rgd::cpu::rms_norm(x.data_ptr<float>(), weight.data_ptr<float>(), M, d, static_cast<float>(eps),
+                       out.data_ptr<float>());
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -133,6 +156,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether small_linear runs on this CPU (AVX-512F/BW; AVX512-BF16 too for bf16)");
   m.def("small_linear_out", &small_linear_out, "y = x W^T (+ b) for few-row x, into out", pybind11::arg("x"),
         pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("out"));
+  m.def("rms_norm_out", &rms_norm_out, "HF's RMSNorm (fp32 statistics) into out", pybind11::arg("x"),
+        pybind11::arg("weight"), pybind11::arg("eps"), pybind11::arg("out"));
   m.def("lmhead_topk_out", &lmhead_topk_out, "top-k log-softmax of the LM head into outputs",
         pybind11::arg("hidden"), pybind11::arg("weight"), pybind11::arg("k"), pybind11::arg("logprob"),
         pybind11::arg("ids"), pybind11::arg("lse"));

@@ -45,5 +45,9 @@ void small_linear(const BFloat16* x, const BFloat16* w, const BFloat16* bias, in
                   BFloat16* y);
 bool small_linear_is_native(bool bf16);
 
+// x [M, d], w [d] -> y [M, d] = w * T(x / sqrt(mean(x^2) + eps)), the mean in fp32 (rms_norm.cpp).
+void rms_norm(const float* x, const float* w, int64_t M, int64_t d, float eps, float* y);
+void rms_norm(const BFloat16* x, const BFloat16* w, int64_t M, int64_t d, float eps, BFloat16* y);
+
 }  // namespace cpu
 }  // namespace rgd

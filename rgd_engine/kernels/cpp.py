@@ -91,3 +91,13 @@ def small_linear(x, weight, bias=None, out=None):
         out = torch.empty(x.shape[0], weight.shape[0], dtype=weight.dtype)
     _C.small_linear_out(x.contiguous(), weight, bias, out)
     return out
+
+
+def rms_norm(x, weight, eps: float, out=None):
+    # x [M, d], weight [d] (float32 | bfloat16, the same) -> out [M, d]: weight * (x / sqrt(mean(x^2) + eps)),
+    # the statistics in float32 and the normalized x rounded to x's dtype before the weight, as HF's RMSNorm
+    if out is None:
+        out = torch.empty_like(x)
+    _C.rms_norm_out(x.contiguous(), weight, float(eps), out)
+    return out
+

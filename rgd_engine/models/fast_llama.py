@@ -14,10 +14,10 @@ every rope type and scaling HF supports is honoured.
 
 Why: HF's forward spends most of a one-token decode step in Python (mask and cache bookkeeping, per-module
 dispatch, three projection matmuls instead of one); attention here reads only the used cache slots [0, T)
-instead of the whole preallocated capacity. Projections of at most SMALL_M rows (B * q: the one-token steps of
-small batches) go, on a CPU with AVX-512, to the C++ `small_linear`, which streams each weight matrix once at up
-to twice the bandwidth of torch's matmul on so few rows; larger inputs (prefills, bigger candidate trees and
-batches) go to torch.
+instead of the whole preallocated capacity. Inputs of at most SMALL_M rows (B * q: the one-token steps of
+small batches) go, on a CPU with AVX-512, to two C++ kernels: `small_linear` for the projections, which streams
+each weight matrix once at up to twice the bandwidth of torch's matmul on so few rows, and `rms_norm`, one call
+instead of torch's seven-op composite. Larger inputs (prefills, bigger candidate trees and batches) go to torch.
 """
 from __future__ import annotations
 
@@ -148,15 +148,25 @@ class FastLlama:
                                           norm2=layer.post_attention_layernorm.weight))
         self.intermediate = self.layers[0].w_gate_up.shape[0] // 2
         weight = self.layers[0].w_qkv
-        # Decided once per model; tests and benchmarks set it False to run torch's matmul instead.
-        self.small_linear = weight.device.type == "cpu" and cpp.small_linear_native(weight.dtype)
+        # Decided once per model; tests and benchmarks set it False to run torch's ops instead.
+        self.few_row_kernels = weight.device.type == "cpu" and cpp.small_linear_native(weight.dtype)
+
+    def _few_rows(self, x: torch.Tensor) -> bool:
+        return self.few_row_kernels and x.shape[0] * x.shape[1] <= SMALL_M
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [B, q, K] @ weight[N, K]^T (+ bias) -> [B, q, N]; few rows go to small_linear (see SMALL_M)."""
-        B, nq, K = x.shape
-        if not self.small_linear or B * nq > SMALL_M:
+        """x [B, q, K] @ weight[N, K]^T (+ bias) -> [B, q, N]; few rows go to cpp.small_linear (see SMALL_M)."""
+        if not self._few_rows(x):
             return F.linear(x, weight, bias)
+        B, nq, K = x.shape
         return cpp.small_linear(x.reshape(B * nq, K), weight, bias).view(B, nq, weight.shape[0])
+
+    def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """rms_norm of x [B, q, d] -> [B, q, d]; few rows go to cpp.rms_norm (the same maths in one call)."""
+        if not self._few_rows(x):
+            return rms_norm(x, weight, self.eps)
+        B, nq, d = x.shape
+        return cpp.rms_norm(x.reshape(B * nq, d), weight, self.eps).view(B, nq, d)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor,
                 start: int) -> torch.Tensor:
@@ -168,13 +178,13 @@ class FastLlama:
         cos, sin = self.base.rotary_emb(x, positions)  # [B, q, D] each
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, q, 1, D]: broadcast over heads
         for i, w in enumerate(self.layers):
-            qkv = self.linear(rms_norm(x, w.norm1, self.eps), w.w_qkv, w.b_qkv).view(B, nq, H + 2 * Hkv, D)
+            qkv = self.linear(self.norm(x, w.norm1), w.w_qkv, w.b_qkv).view(B, nq, H + 2 * Hkv, D)
             qk = rope(qkv[:, :, :H + Hkv], cos, sin)  # [B, q, H + Hkv, D]: Q and K rotated together
             k_cache, v_cache = kv[i, 0], kv[i, 1]  # [B, Hkv, S, D]
             k_cache[:, :, start:end] = qk[:, :, H:].transpose(1, 2)
             v_cache[:, :, start:end] = qkv[:, :, H + Hkv:].transpose(1, 2)
             a = attend(qk[:, :, :H].transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end], mask)
             x = x + self.linear(a, w.w_o, w.b_o)
-            gate, up = self.linear(rms_norm(x, w.norm2, self.eps), w.w_gate_up, None).split(self.intermediate, dim=-1)
+            gate, up = self.linear(self.norm(x, w.norm2), w.w_gate_up, None).split(self.intermediate, dim=-1)
             x = x + self.linear(F.silu(gate) * up, w.w_down, None)
-        return rms_norm(x, self.base.norm.weight, self.eps)
+        return self.norm(x, self.base.norm.weight)

@@ -199,15 +199,16 @@ def test_tensor_cache_commit_keeps_only_the_chosen_candidate(pairs, name):
 @pytest.mark.parametrize("dtype", [pytest.param(d, marks=pytest.mark.skipif(
     not cpp.small_linear_native(d), reason=f"this CPU cannot run small_linear in {d}"))
     for d in (torch.float32, torch.bfloat16)])
-def test_fast_forward_sends_only_few_row_projections_to_small_linear(dtype, tiny_dirs, monkeypatch):
-    """A step of B * q <= SMALL_M rows goes to small_linear, a prefill past it to torch, and the two
-    paths give the same hidden states to rounding."""
+def test_fast_forward_sends_only_few_row_inputs_to_the_cpp_kernels(dtype, tiny_dirs, monkeypatch):
+    """A step of B * q <= SMALL_M rows goes to small_linear and rms_norm, a prefill past it to torch, and the
+    two paths give the same hidden states to rounding."""
     monkeypatch.setenv("RGD_FORWARD", "fast")
     lm = load_causal_lm(str(tiny_dirs["llama"]), dtype=dtype)
-    assert lm.fast.small_linear, "small_linear is native here, so the fast forward must use it"
-    rows = []
-    real = cpp.small_linear
+    assert lm.fast.few_row_kernels, "small_linear is native here, so the fast forward must use it"
+    rows, norm_rows = [], []
+    real, real_norm = cpp.small_linear, cpp.rms_norm
     monkeypatch.setattr(fast_llama.cpp, "small_linear", lambda x, w, b: rows.append(x.shape[0]) or real(x, w, b))
+    monkeypatch.setattr(fast_llama.cpp, "rms_norm", lambda x, w, e: norm_rows.append(x.shape[0]) or real_norm(x, w, e))
     ids = torch.randint(2, lm.vocab_size, (2, fast_llama.SMALL_M))  # prefill: 2 * SMALL_M rows
     pad = torch.ones_like(ids, dtype=torch.bool)
 
@@ -222,9 +223,11 @@ def test_fast_forward_sends_only_few_row_projections_to_small_linear(dtype, tiny
         fast = run()
         layers = len(lm.fast.layers)
         assert rows == [6] * (4 * layers), "the 6-row tree's 4 projections per layer, and not the prefill's"
-        lm.fast.small_linear = False
+        assert norm_rows == [6] * (2 * layers + 1), "the tree's 2 norms per layer and the final one"
+        lm.fast.few_row_kernels = False
         rows.clear()
+        norm_rows.clear()
         slow = run()
-        assert rows == []
+        assert rows == [] and norm_rows == []
     tol = dict(atol=5e-2, rtol=5e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast, slow, **tol)
