@@ -10,6 +10,8 @@
 // bf16 hidden and weight on a CPU with AVX512-BF16: the chunk logits come from VDPBF16PS (32 bf16 products
 // per instruction, exact in fp32, accumulated in fp32), a 4 W rows x 4 h rows register tile; otherwise the
 // hidden rows are widened to fp32 and the portable loops above run (same maths, other summation order).
+// One hidden row (B = 1, a decode step: bandwidth bound) on a CPU with AVX-512, in fp32 or bf16: the chunk
+// logits come from small_linear's one-row tiles (small_linear.cpp), which stream W faster.
 //
 // score_select, per row b with u = slot_b:
 //   r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
@@ -32,6 +34,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace rgd {
@@ -296,12 +299,24 @@ void lmhead_topk_impl(ChunkFn chunk, int64_t B, int64_t V, int64_t k, float* log
 template <typename T>
 void lmhead_topk(const float* hidden, const T* weight, int64_t B, int64_t V, int64_t d, int64_t k,
                  float* logprob, int64_t* ids, float* lse) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (B == 1 && small_linear_is_native(false)) {  // one row: bandwidth bound, small_linear's AVX-512 tiles
+      lmhead_topk_impl([&](int64_t v0, int64_t len, float* tile) { one_row_logits(hidden, weight, v0, len, d, tile); },
+                       B, V, k, logprob, ids, lse);
+      return;
+    }
+  }
   lmhead_topk_impl([&](int64_t v0, int64_t len, float* tile) { chunk_logits(hidden, weight, B, d, v0, len, tile); },
                    B, V, k, logprob, ids, lse);
 }
 
 void lmhead_topk_bf16(const BFloat16* hidden, const BFloat16* weight, int64_t B, int64_t V, int64_t d, int64_t k,
                       float* logprob, int64_t* ids, float* lse) {
+  if (B == 1 && small_linear_is_native(true)) {
+    lmhead_topk_impl([&](int64_t v0, int64_t len, float* tile) { one_row_logits(hidden, weight, v0, len, d, tile); },
+                     B, V, k, logprob, ids, lse);
+    return;
+  }
 #ifdef RGD_DPBF16
   if (cpu_has_dpbf16()) {
     lmhead_topk_impl(

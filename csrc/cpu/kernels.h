@@ -44,6 +44,10 @@ void small_linear(const float* x, const float* w, const float* bias, int64_t M, 
 void small_linear(const BFloat16* x, const BFloat16* w, const BFloat16* bias, int64_t M, int64_t N, int64_t K,
                   BFloat16* y);
 bool small_linear_is_native(bool bf16);
+// y[r] = x . w[n0 + r] in fp32 for r < len, one x row, one thread: lmhead_topk's chunk logits on small_linear's
+// tiles (where small_linear_is_native).
+void one_row_logits(const float* x, const float* w, int64_t n0, int64_t len, int64_t K, float* y);
+void one_row_logits(const BFloat16* x, const BFloat16* w, int64_t n0, int64_t len, int64_t K, float* y);
 
 // x [M, d], w [d] -> y [M, d] = w * T(x / sqrt(mean(x^2) + eps)), the mean in fp32 (rms_norm.cpp).
 void rms_norm(const float* x, const float* w, int64_t M, int64_t d, float eps, float* y);

@@ -50,7 +50,6 @@ struct Bf16Lanes {
     return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(m, w), (__m512bh)_mm512_maskz_loadu_epi16(m, x));
   }
   static inline float widen(T v) { return bf16_to_float(v.bits); }
-  static inline void store(T* y, float v) { y->bits = round_bf16(v); }
 };
 
 struct F32Lanes {
@@ -61,8 +60,10 @@ struct F32Lanes {
     return _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m16, w), _mm512_maskz_loadu_ps(m16, x), acc);
   }
   static inline float widen(T v) { return v; }
-  static inline void store(T* y, float v) { *y = v; }
 };
+
+inline void store(float* y, float v) { *y = v; }
+inline void store(BFloat16* y, float v) { y->bits = round_bf16(v); }
 
 inline __mmask32 tail_mask(int64_t left, int L) {
   return left >= L ? static_cast<__mmask32>((uint64_t(1) << L) - 1) : static_cast<__mmask32>((uint64_t(1) << left) - 1);
@@ -70,12 +71,13 @@ inline __mmask32 tail_mask(int64_t left, int L) {
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive inside _mm512_reduce_add_ps
-// y[m, n0 + j] for j < NR (rows past N are clamped to row N - 1: computed again, never stored), m < MT,
-// with U accumulator sets (U = 2 halves the multiply-add dependency chain of the small tiles).
-template <typename Lanes, int NR, int MT, int U>
+// y[m * ldy + n0 + j] for j < NR (rows past N are clamped to row N - 1: computed again, never stored), m < MT,
+// with U accumulator sets (U = 2 halves the multiply-add dependency chain of the small tiles). Out: T, or float
+// for the LM head's logits.
+template <typename Lanes, int NR, int MT, int U, typename Out>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void tile(const typename Lanes::T* x, const typename Lanes::T* w,
                                                                  const typename Lanes::T* bias, int64_t N, int64_t K,
-                                                                 int64_t n0, typename Lanes::T* y) {
+                                                                 int64_t n0, Out* y, int64_t ldy) {
   using T = typename Lanes::T;
   constexpr int L = Lanes::L;
   const T* wr[NR];
@@ -102,7 +104,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void tile(const typename 
       for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][j][m]);
       float v = _mm512_reduce_add_ps(sum);
       if (bias != nullptr) v += Lanes::widen(bias[n0 + j]);
-      Lanes::store(y + m * N + n0 + j, v);
+      store(y + m * ldy + n0 + j, v);
     }
 }
 #pragma GCC diagnostic pop
@@ -117,13 +119,20 @@ void run(const typename Lanes::T* x, const typename Lanes::T* w, const typename 
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t n0 = g * nr;
     if (M == 1) {
-      tile<Lanes, 4, 1, 2>(x, w, bias, N, K, n0, y);
+      tile<Lanes, 4, 1, 2>(x, w, bias, N, K, n0, y, N);
       continue;
     }
     int64_t m = 0;
-    for (; m + 2 <= M; m += 2) tile<Lanes, 2, 2, 2>(x + m * K, w, bias, N, K, n0, y + m * N);
-    if (m < M) tile<Lanes, 2, 1, 2>(x + m * K, w, bias, N, K, n0, y + m * N);
+    for (; m + 2 <= M; m += 2) tile<Lanes, 2, 2, 2>(x + m * K, w, bias, N, K, n0, y + m * N, N);
+    if (m < M) tile<Lanes, 2, 1, 2>(x + m * K, w, bias, N, K, n0, y + m * N, N);
   }
+}
+
+template <typename Lanes>
+void one_row_logits_impl(const typename Lanes::T* x, const typename Lanes::T* w, int64_t n0, int64_t len, int64_t K,
+                         float* y) {
+  // the rows [n0, n0 + len) as a matrix of len rows: tiles clamp at its end
+  for (int64_t r = 0; r < len; r += 4) tile<Lanes, 4, 1, 2>(x, w + n0 * K, nullptr, len, K, r, y, len);
 }
 
 inline bool cpu_has(bool bf16) {
@@ -134,6 +143,22 @@ inline bool cpu_has(bool bf16) {
 #endif
 
 }  // namespace
+
+void one_row_logits(const float* x, const float* w, int64_t n0, int64_t len, int64_t K, float* y) {
+#ifdef RGD_SMALL_LINEAR
+  one_row_logits_impl<F32Lanes>(x, w, n0, len, K, y);
+#else
+  (void)x, (void)w, (void)n0, (void)len, (void)K, (void)y;
+#endif
+}
+
+void one_row_logits(const BFloat16* x, const BFloat16* w, int64_t n0, int64_t len, int64_t K, float* y) {
+#ifdef RGD_SMALL_LINEAR
+  one_row_logits_impl<Bf16Lanes>(x, w, n0, len, K, y);
+#else
+  (void)x, (void)w, (void)n0, (void)len, (void)K, (void)y;
+#endif
+}
 
 bool small_linear_is_native(bool bf16) {
 #ifdef RGD_SMALL_LINEAR

@@ -34,13 +34,15 @@ def test_outputs_do_not_depend_on_the_host_block_size(tiny_dirs, load, rule):
     for run in runs[1:]:
         assert [(g.token_ids, g.text, g.finish_reason) for g in run] == \
                [(g.token_ids, g.text, g.finish_reason) for g in runs[0]]
-        # finished rows leave the batch at the host reads, so the batch shapes (and float rounding) differ
+        # finished rows leave the batch at the host reads, so the batch shapes differ, and with them the float
+        # rounding (and the kernel: B * q <= SMALL_M rows go to small_linear): a reward near 0 from terms of
+        # size ~25 moves by ~1e-5, hence an absolute tolerance at fp32 resolution of the terms
         for g, ref in zip(run, runs[0]):
             assert len(g.steps) == len(ref.steps)
             for s, r in zip(g.steps, ref.steps):
                 assert s.keys() == r.keys()
                 for key in s:
-                    assert np.allclose(s[key], r[key], rtol=1e-5, atol=1e-6), key
+                    assert np.allclose(s[key], r[key], rtol=1e-5, atol=1e-4), key
     assert {g.finish_reason for g in runs[0]} >= {"stop"} or rule == "bon-block"
 
 
