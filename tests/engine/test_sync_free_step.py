@@ -2,7 +2,6 @@
 depend on the block size (EOS, stop strings, per-step scores, every rule)."""
 import numpy as np
 import pytest
-import torch
 
 from test_reward_guided import make_bank
 from test_rules import make_token_bank
