@@ -107,7 +107,9 @@ def test_per_user_beats_global_when_users_disagree(gen):
     d, hp = 8, {"rank": 2}
     P, Q = _planted(gen, d=d)
     planted = {f"u{i}": (P, Q) if i < 6 else (-P, Q) for i in range(8)}
-    support, held = _users(planted, 60, gen), _users(planted, 30, gen)
+    # 120 support pairs per user: with 60, a minority user's own factors missed 0.6 on 30 held pairs for about
+    # 1 seed in 20 (seeds 3 and 999957455 of 0 - 19 and CI)
+    support, held = _users(planted, 120, gen), _users(planted, 30, gen)
     g = make_token_method("token-global", hp).fit(support, seed=0)
     p = make_token_method("token-per-user", {**hp, "lam": 0.01}).fit(support, seed=0)
     acc_g = token_rm_accuracy(g.heads_for(support), held)
