@@ -113,14 +113,13 @@ def mb(nbytes: int | None) -> float | None:
 def read_bandwidth_samples(device: torch.device, gib: float = 1.0, allocations: int = 3, repeats: int = 3) -> list[float]:
     """The machine's read bandwidth in GB/s, one figure per fresh `gib` GiB fp32 tensor: the fastest of `repeats`
     timed sums of it (a streaming reduction, after one untimed pass). Fastest per tensor: on a shared VM other
-    tenants only ever slow a pass down. Several tensors: the same sum runs 30 - 60 GB/s between processes on
-    the VM this was written on, with the pages a tensor happens to get, so one tensor is not a measurement."""
+    tenants only ever slow a pass down. Several samples (and the caller takes them before and after its work):
+    on the VM this was written on, the same sum ran at 55 GB/s and at 32 GB/s minutes apart in one process."""
     out = []
     for _ in range(allocations):
         x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
         x.sum()
-        out.append(x.numel() * 4 / min(timed(lambda _: x.sum(), 0, device) for _ in range(repeats)) / 1e9)
-        del x
+        out.append(x.numel() * 4 / min(timed(lambda _, t=x: t.sum(), 0, device) for _ in range(repeats)) / 1e9)
     return out
 
 

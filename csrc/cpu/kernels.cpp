@@ -25,6 +25,8 @@
 //   -inf rule: the ratio term only when ratio != 0; logprob_j = -inf -> s_j = -inf, never chosen (all -inf -> 0).
 #include "kernels.h"
 
+#include "bf16.h"
+
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -32,7 +34,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -44,13 +45,6 @@ namespace {
 constexpr int64_t kChunkRows = 256;  // 256 rows x d=576 x 4 B = 590 KB of W per task
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-inline float to_float(float x) { return x; }
-inline float to_float(BFloat16 x) {
-  uint32_t u = static_cast<uint32_t>(x.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
 
 // omp simd reduction lets the compiler split the sum into SIMD lanes without -ffast-math.
 template <typename T>

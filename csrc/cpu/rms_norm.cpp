@@ -5,37 +5,13 @@
 // ~1 us of arithmetic, twice per layer.
 #include "kernels.h"
 
+#include "bf16.h"
+
 #include <cmath>
-#include <cstring>
 
 namespace rgd {
 namespace cpu {
 namespace {
-
-inline float widen(float v) { return v; }
-inline float widen(BFloat16 v) {
-  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-// round to nearest even (NaN stays a quiet NaN), as c10::BFloat16 does
-inline float narrow_as(float v, const float*) { return v; }
-inline float narrow_as(float v, const BFloat16*) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  u = (u & 0x7fffffffu) > 0x7f800000u ? 0x7fc00000u : (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
-}
-
-inline void store(float* y, float v) { *y = v; }
-inline void store(BFloat16* y, float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  y->bits = static_cast<uint16_t>(u >> 16);  // v is already a bf16 value (narrow_as)
-}
 
 template <typename T>
 void rms_norm_impl(const T* x, const T* w, int64_t M, int64_t d, float eps, T* y) {
@@ -43,10 +19,10 @@ void rms_norm_impl(const T* x, const T* w, int64_t M, int64_t d, float eps, T* y
     const T* xm = x + m * d;
     float ss = 0.f;
 #pragma omp simd reduction(+ : ss)
-    for (int64_t i = 0; i < d; ++i) ss += widen(xm[i]) * widen(xm[i]);
+    for (int64_t i = 0; i < d; ++i) ss += to_float(xm[i]) * to_float(xm[i]);
     const float r = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
     for (int64_t i = 0; i < d; ++i)
-      store(y + m * d + i, narrow_as(widen(w[i]) * narrow_as(widen(xm[i]) * r, x), x));
+      store(y + m * d + i, to_float(w[i]) * round_as(to_float(xm[i]) * r, x));
   }
 }
 

@@ -12,12 +12,13 @@
 // The per-(n, m) fp32 sums are reduced across lanes at the end, so the summation order differs from torch's.
 #include "kernels.h"
 
+#include "bf16.h"
+
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
 #include <algorithm>
-#include <cstring>
 
 namespace rgd {
 namespace cpu {
@@ -25,21 +26,6 @@ namespace {
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define RGD_SMALL_LINEAR 1
-
-// float -> bf16, round to nearest even (NaN stays a quiet NaN), as c10::BFloat16 does.
-inline uint16_t round_bf16(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-inline float bf16_to_float(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
 
 // Lane traits: L elements of T per vector, a masked load and one multiply-add step.
 struct Bf16Lanes {
@@ -49,7 +35,6 @@ struct Bf16Lanes {
                                                                                   const T* x, __mmask32 m) {
     return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(m, w), (__m512bh)_mm512_maskz_loadu_epi16(m, x));
   }
-  static inline float widen(T v) { return bf16_to_float(v.bits); }
 };
 
 struct F32Lanes {
@@ -59,11 +44,9 @@ struct F32Lanes {
     const __mmask16 m16 = static_cast<__mmask16>(m);
     return _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m16, w), _mm512_maskz_loadu_ps(m16, x), acc);
   }
-  static inline float widen(T v) { return v; }
 };
 
-inline void store(float* y, float v) { *y = v; }
-inline void store(BFloat16* y, float v) { y->bits = round_bf16(v); }
+
 
 inline __mmask32 tail_mask(int64_t left, int L) {
   return left >= L ? static_cast<__mmask32>((uint64_t(1) << L) - 1) : static_cast<__mmask32>((uint64_t(1) << left) - 1);
@@ -103,7 +86,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void tile(const typename 
       __m512 sum = acc[0][j][m];
       for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][j][m]);
       float v = _mm512_reduce_add_ps(sum);
-      if (bias != nullptr) v += Lanes::widen(bias[n0 + j]);
+      if (bias != nullptr) v += to_float(bias[n0 + j]);
       store(y + m * ldy + n0 + j, v);
     }
 }
