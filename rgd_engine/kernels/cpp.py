@@ -100,4 +100,3 @@ def rms_norm(x, weight, eps: float, out=None):
         out = torch.empty_like(x)
     _C.rms_norm_out(x.contiguous(), weight, float(eps), out)
     return out
-

@@ -30,8 +30,9 @@ from torch import nn
 from ..kernels import cpp
 
 # Rows (B * q) up to which the projections use cpp.small_linear. Measured over the demo model's 30 layers of
-# projections (2-core EPYC): bf16 1.2 - 1.6x faster than torch's matmul at 1 - 8 rows and slower from 10;
-# fp32 1.3 - 2.5x at 1 - 8 rows. Past that the kernel becomes compute bound and torch's blocked GEMM wins.
+# projections (benchmarks/few_row_ops.py, 2-core EPYC): fp32 1.2 - 2.6x faster than torch's matmul at 1 - 8 rows;
+# bf16 1.2 - 1.6x at 1 - 4 rows, a toss-up at 8 (0.9 - 1.2x between runs), slower from 10. Past that the kernel
+# becomes compute bound and torch's blocked GEMM wins.
 SMALL_M = 8
 
 # model_type -> decoder layer class whose structure the fast forward reproduces
