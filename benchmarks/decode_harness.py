@@ -110,7 +110,8 @@ def mb(nbytes: int | None) -> float | None:
     return None if nbytes is None else nbytes / 2**20
 
 
-def read_bandwidth_samples(device: torch.device, gib: float = 1.0, allocations: int = 3, repeats: int = 3) -> list[float]:
+def read_bandwidth_samples(device: torch.device, gib: float = 1.0, allocations: int = 3,
+                           repeats: int = 3) -> list[float]:
     """The machine's read bandwidth in GB/s, one figure per fresh `gib` GiB fp32 tensor: the fastest of `repeats`
     timed sums of it (a streaming reduction, after one untimed pass). Fastest per tensor: on a shared VM other
     tenants only ever slow a pass down. Several samples (and the caller takes them before and after its work):

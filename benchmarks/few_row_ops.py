@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
         for m in args.rows:
             a, b = r["projections"][m], r["rms_norm"][m]
             print(f"{m:>4} {a['small_linear_ms']:>16.2f} {a['torch_ms']:>9.2f} {a['speedup']:>5.2f} "
-                  f"{a['small_linear_gb_s']:>5.1f}/{a['torch_gb_s']:<5.1f} | {b['cpp_ms']:>15.2f} {b['torch_ms']:>9.2f} "
-                  f"{b['speedup']:>5.2f}")
+                  f"{a['small_linear_gb_s']:>5.1f}/{a['torch_gb_s']:<5.1f} | "
+                  f"{b['cpp_ms']:>15.2f} {b['torch_ms']:>9.2f} {b['speedup']:>5.2f}")
         lm = r["lmhead_topk_1_row"]
         print(f"lmhead_topk, 1 row: C++ {lm['cpp_ms']:.2f} ms ({lm['cpp_gb_s']:.1f} GB/s), torch {lm['torch_ms']:.2f} "
               f"ms ({lm['speedup']:.2f}x)")

@@ -23,7 +23,8 @@ NEGATIVES = {
 }
 
 
-def _f(x, digits: int = 3) -> str:
+def fmt_number(x, digits: int = 3) -> str:
+    """A number with `digits` decimals, or "n/a" for None (every table of the reports)."""
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
@@ -31,7 +32,7 @@ def _ci(d: dict | None, digits: int = 3) -> str:
     if not d:
         return "n/a"
     mean = d.get("mean", d.get("diff", d.get("tau")))
-    return f"{_f(mean, digits)} [{_f(d.get('ci_low'), digits)}, {_f(d.get('ci_high'), digits)}]"
+    return f"{fmt_number(mean, digits)} [{fmt_number(d.get('ci_low'), digits)}, {fmt_number(d.get('ci_high'), digits)}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -70,8 +71,8 @@ def rm_section(results: dict) -> str:
     rms = results["reward_models"]
     ws = sorted({w for v in rms.values() for e in v.values() for w in e["policy_accuracy"]}, key=float)
     rows = [[e["rule"], m, v + (" (selected)" if e["selected"] else ""), _ci(e.get("rm_accuracy_ci")),
-             _f(e.get("rm_accuracy_validation")), _f(e.get("reward_scale"), 3), f"{e['validated_w']:g}",
-             _ci(e.get("policy_accuracy_at_validated_w"))] + [_f(e["policy_accuracy"].get(w)) for w in ws]
+             fmt_number(e.get("rm_accuracy_validation")), fmt_number(e.get("reward_scale"), 3), f"{e['validated_w']:g}",
+             _ci(e.get("policy_accuracy_at_validated_w"))] + [fmt_number(e["policy_accuracy"].get(w)) for w in ws]
             for m, variants in rms.items() for v, e in variants.items()]
     return "\n".join([
         _table(["rule", "method", "variant", "RM acc (test) [95% CI]", "RM acc (validation)", "reward sd",
@@ -82,7 +83,7 @@ def rm_section(results: dict) -> str:
 
 
 def personalization_section(results: dict) -> str:
-    rows = [[m, d["minus"], _ci(d), _f(d.get("p_value"), 4), str(d.get("n_users"))]
+    rows = [[m, d["minus"], _ci(d), fmt_number(d.get("p_value"), 4), str(d.get("n_users"))]
             for m, d in results["personalization"].items()]
     if not rows:
         return "No personalized method next to its global baseline in this run."
@@ -100,7 +101,7 @@ def _reliability(r: dict) -> str:
     """Spearman-Brown split-half reliability; "none" with the raw r where the halves do not correlate (r <= 0)."""
     if r.get("r_spearman_brown") is None and r.get("r_mean") is not None:
         return f"none (r = {r['r_mean']:.2f})"
-    return _f(r.get("r_spearman_brown"))
+    return fmt_number(r.get("r_spearman_brown"))
 
 
 def kendall_section(results: dict) -> str:
@@ -110,8 +111,8 @@ def kendall_section(results: dict) -> str:
         if not t:
             return [label] + ["n/a"] * 7
         rel = t.get("reliability", {})
-        return [label, _ci(t), _f(t.get("p_value"), 4), _f(t.get("p_value_permutation"), 4), str(t.get("n_points")),
-                str(t.get("n_users")), _reliability(rel.get("rm_accuracy", {})),
+        return [label, _ci(t), fmt_number(t.get("p_value"), 4), fmt_number(t.get("p_value_permutation"), 4),
+                str(t.get("n_points")), str(t.get("n_users")), _reliability(rel.get("rm_accuracy", {})),
                 _reliability(rel.get("policy_accuracy", {}))]
 
     rows = [row(f"w = {w}", t) for w, t in k["per_w"].items()] + [row("validated w", k.get("validated"))] + \
@@ -120,7 +121,8 @@ def kendall_section(results: dict) -> str:
     return "\n".join([
         _table(["points", "tau-b [95% user-bootstrap CI]", "p (scipy)", "p (permutation)", "configurations", "users",
                 "reliability RM acc", "reliability policy acc"], rows), "", f"{k['what']}.", "",
-        f"Secondary, pooled over every w > 0: tau = {_f(pooled.get('tau'))}, p = {_f(pooled.get('p_value'), 4)}, "
+        f"Secondary, pooled over every w > 0: tau = {fmt_number(pooled.get('tau'))}, "
+        f"p = {fmt_number(pooled.get('p_value'), 4)}, "
         f"n = {pooled.get('n')} ({pooled.get('dependence', '')})."])
 
 
@@ -129,7 +131,7 @@ def rouge_section(results: dict) -> str:
     rows = [[name] + [_ci(g[m]) for m in ("rouge1", "rougeL", "rouge1_stemmed", "rougeL_stemmed")] + [str(g["n"])]
             for name, g in sorted(gen.items(), key=lambda kv: _system_order(kv[0]))]
     comp = results["comparisons"]
-    crow = [[name, _ci(t), _f(t.get("p_value"), 4), _f(t.get("p_holm"), 4), str(t.get("n_users"))]
+    crow = [[name, _ci(t), fmt_number(t.get("p_value"), 4), fmt_number(t.get("p_holm"), 4), str(t.get("n_users"))]
             for name, t in comp["tests"].items()]
     return "\n".join([
         _table(["system", "ROUGE-1 [95% CI]", "ROUGE-L [95% CI]", "ROUGE-1 stemmed", "ROUGE-L stemmed", "n"], rows),
@@ -142,11 +144,12 @@ def rouge_section(results: dict) -> str:
 def paper_section(results: dict) -> str:
     def ours(o):
         if isinstance(o, dict):
-            return "; ".join(f"{k} {_f(v) if isinstance(v, float) else v}" for k, v in o.items())
-        return _f(o) if isinstance(o, float) else str(o)
+            return "; ".join(f"{k} {fmt_number(v) if isinstance(v, float) else v}" for k, v in o.items())
+        return fmt_number(o) if isinstance(o, float) else str(o)
 
     rows = [[r["claim"], ours(r["ours"]),
-             (f"[{_f(r['ci'][0])}, {_f(r['ci'][1])}]" if isinstance(r.get("ci"), list) else str(r.get("ci"))),
+             (f"[{fmt_number(r['ci'][0])}, {fmt_number(r['ci'][1])}]" if isinstance(r.get("ci"), list)
+              else str(r.get("ci"))),
              r["verdict"]] for r in results["paper"]]
     return "\n".join([_table(["claim of the motivating study", "ours", "95% CI", "verdict"], rows), "",
                       "Rows 2 and 3 pick systems by their test-set numbers (largest RM-accuracy gap, best ROUGE-1): "
@@ -161,8 +164,9 @@ def plot_rm_vs_policy(results: dict, path: Path) -> None:
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=method, alpha=0.8)
     k = results["kendall"].get("validated") or {}
-    ax.set_title(f"RM accuracy vs policy accuracy at the validated w\ntau-b = {_f(k.get('tau'))} "
-                 f"[{_f(k.get('ci_low'))}, {_f(k.get('ci_high'))}], {k.get('n_points')} configurations, "
+    ax.set_title(f"RM accuracy vs policy accuracy at the validated w\ntau-b = {fmt_number(k.get('tau'))} "
+                 f"[{fmt_number(k.get('ci_low'))}, {fmt_number(k.get('ci_high'))}], "
+                 f"{k.get('n_points')} configurations, "
                  f"{k.get('n_users')} users", fontsize=9)
     ax.set_xlabel("RM accuracy (test users' held-out pairs)")
     ax.set_ylabel("policy accuracy")

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # headless; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .io import write_json, write_text  # noqa: E402
+from .report import fmt_number  # noqa: E402
 
 PAPER_MIN_PARAMS = 3e9
 PAPER_LEAD_7B = (0.03, 0.05)  # the motivating study: ICL ahead of every RGD method by +3 - 5 ROUGE-1 at 7B
@@ -102,14 +103,11 @@ def reading(rows: list[dict], notes: dict[str, str]) -> list[str]:
     return out
 
 
-def _fmt(x, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
 def _fmt_test(t: dict | None) -> str:
     if not t:
         return "n/a"
-    return f"{t['diff']:+.3f} [{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}] p_holm {_fmt(t.get('p_holm'))}"
+    return (f"{t['diff']:+.3f} [{fmt_number(t['ci_low'])}, {fmt_number(t['ci_high'])}] "
+            f"p_holm {fmt_number(t.get('p_holm'))}")
 
 
 def _fmt_range(r) -> str:
@@ -125,11 +123,11 @@ def markdown(rows: list[dict], failed: list[dict], lines: list[str], command: st
     for r in rows:
         kv = r["kendall_tau_validated"]
         sw = r.get("sweep") or {}
-        cells = [r["label"], f"{r['parameters'] / 1e6:.0f}M", str(r["test_users"]), _fmt(r["icl_rouge1"]),
-                 f"{r['best_rgd']} ({_fmt(r['best_rgd_rouge1'])})", _fmt_test(r["icl_minus_best_rgd"]),
+        cells = [r["label"], f"{r['parameters'] / 1e6:.0f}M", str(r["test_users"]), fmt_number(r["icl_rouge1"]),
+                 f"{r['best_rgd']} ({fmt_number(r['best_rgd_rouge1'])})", _fmt_test(r["icl_minus_best_rgd"]),
                  _fmt_test(r["icl_minus_zero_shot"]),
-                 f"{_fmt(kv.get('tau'))} [{_fmt(kv.get('ci_low'))}, {_fmt(kv.get('ci_high'))}]"] + \
-                [_fmt(r["kendall_tau_per_w"].get(w)) for w in weights] + \
+                 f"{fmt_number(kv.get('tau'))} [{fmt_number(kv.get('ci_low'))}, {fmt_number(kv.get('ci_high'))}]"] + \
+                [fmt_number(r["kendall_tau_per_w"].get(w)) for w in weights] + \
                 [_fmt_range(r["rm_accuracy_range"]), _fmt_range(r["policy_accuracy_range"]),
                  "n/a" if sw.get("wall_s") is None else f"{sw['wall_s'] / 60:.1f} min",
                  "n/a" if sw.get("peak_rss_mb") is None else f"{sw['peak_rss_mb'] / 1024:.1f} GiB"]

@@ -28,7 +28,7 @@ class Engine:
         self.config = config or EngineConfig(model=policy.name, reward_model=reward.name if reward else None)
         self.decoder = Decoder(policy, reward, backend=backend)
         if heads is not None:
-            self._check_bank(heads)
+            self.check_bank(heads)
 
     @classmethod
     def from_config(cls, config: EngineConfig, backend: str | None = None) -> "Engine":
@@ -94,8 +94,9 @@ class Engine:
                 + (f" ({len(too_long)} of {len(lengths)} {what}s are too long)" if len(too_long) > 1 else "")
                 + "; shorten the prompt or lower max_new_tokens")
 
-    def _check_k(self, cfg: GenerationConfig) -> None:
-        """k candidates come from the policy's vocabulary; bon-block does not use k."""
+    def check_k(self, cfg: GenerationConfig) -> None:
+        """k candidates come from the policy's vocabulary; bon-block does not use k. (rgd-serve checks a request
+        with it before queueing.)"""
         V = self.policy.vocab_size
         if cfg.rule != "bon-block" and cfg.k > V:
             raise GenerationInputError(f"k={cfg.k} is larger than the vocabulary of model {self.policy.name!r} "
@@ -117,7 +118,8 @@ class Engine:
             check_number(f"weights[{i}]", w, -MAX_ABS_WEIGHT, MAX_ABS_WEIGHT)
         return torch.tensor(weights, dtype=torch.float32)
 
-    def _check_bank(self, bank: HeadBank | TokenHeadBank):
+    def check_bank(self, bank: HeadBank | TokenHeadBank):
+        """A bank's heads must match the reward backbone's hidden size (rgd-serve checks a loaded bank with it)."""
         if bank.hidden_size != self.hidden_size:
             raise HeadBankError(f"head bank hidden size {bank.hidden_size} != reward backbone {self.backbone_id!r} "
                              f"hidden size {self.hidden_size}")
@@ -166,7 +168,7 @@ class Engine:
         if overrides:
             cfg = GenerationConfig.from_dict({**cfg.to_dict(), **overrides})
         cfg.validate()
-        self._check_k(cfg)
+        self.check_k(cfg)
         w = self._row_weights(weights, cfg, len(prompts))
         ids = [self.encode(p, chat, what=f"prompt {i}") for i, p in enumerate(prompts)]
         self.check_lengths(ids, cfg.max_new_tokens)
@@ -184,7 +186,7 @@ class Engine:
         else:
             bank = heads if heads is not None else self.heads
             if bank is not None:
-                self._check_bank(bank)
+                self.check_bank(bank)
             if bank is None and any(u is not None for u in users):
                 raise GenerationInputError("users were given but no head bank is loaded (pass heads= or "
                                            "EngineConfig.heads)")

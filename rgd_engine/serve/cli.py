@@ -61,7 +61,7 @@ def build_state(args):
     engine = Engine.from_config(EngineConfig(model=args.model, reward_model=args.reward_model, device=args.device,
                                              dtype=args.dtype), backend=args.backend)
     for bank, _ in banks.values():
-        engine._check_bank(bank)
+        engine.check_bank(bank)
     scheduler = Scheduler(engine.decoder, max_rows=args.max_batch, max_queue=args.max_queue)
     return ServerState(engine, HeadStore(banks), scheduler, args.served_model_name or args.model,
                        admin_token=args.admin_token, api_key=args.api_key)

@@ -87,7 +87,7 @@ def parse_request(body, engine, model_id: str, kind: str) -> ParsedRequest:
         cfg = GenerationConfig(max_new_tokens=max_tokens, stop=tuple(stop), k=k, weight=w, rule=rule or "args",
                                ignore_eos=ignore_eos)
         cfg.validate()
-        engine._check_k(cfg)
+        engine.check_k(cfg)
     except GenerationInputError as e:
         raise ApiError(400, str(e), param=_param_of(str(e))) from None
     ids = _prompt_ids(body, engine, kind)
