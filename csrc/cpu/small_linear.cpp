@@ -127,47 +127,33 @@ inline bool cpu_has(bool bf16) {
 
 }  // namespace
 
-void one_row_logits(const float* x, const float* w, int64_t n0, int64_t len, int64_t K, float* y) {
 #ifdef RGD_SMALL_LINEAR
-  one_row_logits_impl<F32Lanes>(x, w, n0, len, K, y);
-#else
-  (void)x, (void)w, (void)n0, (void)len, (void)K, (void)y;
-#endif
-}
-
-void one_row_logits(const BFloat16* x, const BFloat16* w, int64_t n0, int64_t len, int64_t K, float* y) {
-#ifdef RGD_SMALL_LINEAR
-  one_row_logits_impl<Bf16Lanes>(x, w, n0, len, K, y);
-#else
-  (void)x, (void)w, (void)n0, (void)len, (void)K, (void)y;
-#endif
-}
-
-bool small_linear_is_native(bool bf16) {
-#ifdef RGD_SMALL_LINEAR
-  return cpu_has(bf16);
-#else
-  (void)bf16;
-  return false;
-#endif
-}
+bool small_linear_is_native(bool bf16) { return cpu_has(bf16); }
 
 void small_linear(const float* x, const float* w, const float* bias, int64_t M, int64_t N, int64_t K, float* y) {
-#ifdef RGD_SMALL_LINEAR
   run<F32Lanes>(x, w, bias, M, N, K, y);
-#else
-  (void)x, (void)w, (void)bias, (void)M, (void)N, (void)K, (void)y;
-#endif
 }
 
 void small_linear(const BFloat16* x, const BFloat16* w, const BFloat16* bias, int64_t M, int64_t N, int64_t K,
                   BFloat16* y) {
-#ifdef RGD_SMALL_LINEAR
   run<Bf16Lanes>(x, w, bias, M, N, K, y);
-#else
-  (void)x, (void)w, (void)bias, (void)M, (void)N, (void)K, (void)y;
-#endif
 }
+
+void one_row_logits(const float* x, const float* w, int64_t n0, int64_t len, int64_t K, float* y) {
+  one_row_logits_impl<F32Lanes>(x, w, n0, len, K, y);
+}
+
+void one_row_logits(const BFloat16* x, const BFloat16* w, int64_t n0, int64_t len, int64_t K, float* y) {
+  one_row_logits_impl<Bf16Lanes>(x, w, n0, len, K, y);
+}
+#else
+// Not an x86-64 GCC/Clang build: never native, so the binding refuses and lmhead_topk never calls these.
+bool small_linear_is_native(bool) { return false; }
+void small_linear(const float*, const float*, const float*, int64_t, int64_t, int64_t, float*) {}
+void small_linear(const BFloat16*, const BFloat16*, const BFloat16*, int64_t, int64_t, int64_t, BFloat16*) {}
+void one_row_logits(const float*, const float*, int64_t, int64_t, int64_t, float*) {}
+void one_row_logits(const BFloat16*, const BFloat16*, int64_t, int64_t, int64_t, float*) {}
+#endif
 
 }  // namespace cpu
 }  // namespace rgd
