@@ -73,7 +73,7 @@ def test_small_linear_rejects_bad_inputs_with_a_message_that_names_them(dtype):
         ((x.to(other), w, None), "x must be"),
         ((torch.randn(2, 9).to(dtype), w, None), r"x must have shape \[2, 8\]"),
         ((x, torch.randn(8, 3).to(dtype).t(), None), "weight must be contiguous"),
-        ((x, w.half(), None), "weight must be Float or BFloat16|weight must be"),
+        ((x, w.half(), None), "weight must be float32 or bfloat16, got float16"),
         ((x, w, torch.randn(4).to(dtype)), r"bias must have shape \[3\]"),
         ((x[0], w, None), r"x must be \[M, K\]"),
     ]

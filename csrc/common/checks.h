@@ -20,6 +20,7 @@ inline std::string dtype_name(at::ScalarType s) {
     case at::kFloat: return "float32";
     case at::kHalf: return "float16";
     case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
     default: return c10::toString(s);
   }
 }
@@ -68,7 +69,8 @@ class OpArgs {
   // Placed, with dtype `dtype` and shape `shape`.
   void tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape) const {
     placed(t, name);
-    TORCH_CHECK(t.scalar_type() == dtype, op_, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
+    TORCH_CHECK(t.scalar_type() == dtype, op_, ": ", name, " must be ", dtype_name(dtype), ", got ",
+                dtype_name(t.scalar_type()));
     TORCH_CHECK(t.sizes() == shape, op_, ": ", name, " must have shape ", shape, ", got ", t.sizes());
   }
 
@@ -77,7 +79,7 @@ class OpArgs {
     placed(t, name);
     const auto s = t.scalar_type();
     TORCH_CHECK(std::find(matrix_dtypes_.begin(), matrix_dtypes_.end(), s) != matrix_dtypes_.end(), op_, ": ", name,
-                " must be ", dtype_names(matrix_dtypes_), ", got ", s);
+                " must be ", dtype_names(matrix_dtypes_), ", got ", dtype_name(s));
   }
 
  private:

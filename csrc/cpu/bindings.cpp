@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "common/checks.h"
+#include "decoder_stack.h"
 #include "kernels.h"
 
 namespace {
@@ -170,4 +171,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("logprob"), pybind11::arg("weight"), pybind11::arg("ratio"), pybind11::arg("sample"),
         pybind11::arg("tau"), pybind11::arg("rand"), pybind11::arg("chosen"), pybind11::arg("scores"),
         pybind11::arg("rewards"));
+  rgd::cpu::bind_decoder_stack(m);
 }

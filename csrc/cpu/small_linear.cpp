@@ -27,95 +27,124 @@ namespace {
 #if defined(__GNUC__) && defined(__x86_64__)
 #define RGD_SMALL_LINEAR 1
 
-// Lane traits: L elements of T per vector, a masked load and one multiply-add step.
+// Lane traits: L elements of T per vector; load() (full or masked) and dot(), one multiply-add step in fp32.
 struct Bf16Lanes {
   using T = BFloat16;
   static constexpr int L = 32;
-  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static inline __m512 mac(__m512 acc, const T* w,
-                                                                                  const T* x, __mmask32 m) {
-    return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(m, w), (__m512bh)_mm512_maskz_loadu_epi16(m, x));
+  __attribute__((target("avx512f,avx512bw"))) static inline __m512i load(const T* p) { return _mm512_loadu_si512(p); }
+  __attribute__((target("avx512f,avx512bw"))) static inline __m512i load(const T* p, int64_t n) {
+    return _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t(1) << n) - 1), p);
+  }
+  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static inline __m512 dot(__m512 acc, __m512i w, __m512i x) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
   }
 };
 
 struct F32Lanes {
   using T = float;
   static constexpr int L = 16;
-  __attribute__((target("avx512f"))) static inline __m512 mac(__m512 acc, const T* w, const T* x, __mmask32 m) {
-    const __mmask16 m16 = static_cast<__mmask16>(m);
-    return _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m16, w), _mm512_maskz_loadu_ps(m16, x), acc);
+  __attribute__((target("avx512f"))) static inline __m512 load(const T* p) { return _mm512_loadu_ps(p); }
+  __attribute__((target("avx512f"))) static inline __m512 load(const T* p, int64_t n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
+  __attribute__((target("avx512f"))) static inline __m512 dot(__m512 acc, __m512 w, __m512 x) {
+    return _mm512_fmadd_ps(w, x, acc);
   }
 };
 
-
-
-inline __mmask32 tail_mask(int64_t left, int L) {
-  return left >= L ? static_cast<__mmask32>((uint64_t(1) << L) - 1) : static_cast<__mmask32>((uint64_t(1) << left) - 1);
+// The 16 vectors a[0..15] -> one vector whose lane j is the sum of a[j]'s lanes. Each a[j] is summed as
+// _mm512_reduce_add_ps sums one vector (lanes i + 8, then + 4, + 2, + 1: the same pairs in the same order), so
+// the result is bit-identical to 16 such reductions, in 15 shuffle-and-add steps instead of 16 x 4.
+__attribute__((target("avx512f"))) inline __m512 sum16(const __m512* a) {
+  __m512 b[8], c[4], d[2];
+  for (int j = 0; j < 8; ++j)  // 256-bit halves: lanes [0, 8) of b[j] from a[j], [8, 16) from a[j + 8]
+    b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[j], a[j + 8], 0x44), _mm512_shuffle_f32x4(a[j], a[j + 8], 0xEE));
+  for (int j = 0; j < 4; ++j)  // 128-bit blocks: c[j]'s blocks 0 - 3 hold the 4 sums of a[j], a[j + 8], a[j + 4], a[j + 12]
+    c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[j], b[j + 4], 0x88), _mm512_shuffle_f32x4(b[j], b[j + 4], 0xDD));
+  for (int j = 0; j < 2; ++j)  // lanes i + 2 within each block
+    d[j] = _mm512_add_ps(_mm512_unpacklo_ps(c[j], c[j + 2]), _mm512_unpackhi_ps(c[j], c[j + 2]));
+  // lanes i + 1: block r now holds the sums of a[4 r'], ..., a[4 r' + 3] with r' = 0, 2, 1, 3; swap blocks 1 and 2
+  const __m512 e = _mm512_add_ps(_mm512_unpacklo_ps(d[0], d[1]), _mm512_unpackhi_ps(d[0], d[1]));
+  return _mm512_shuffle_f32x4(e, e, 0xD8);
 }
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive inside _mm512_reduce_add_ps
-// y[m * ldy + n0 + j] for j < NR (rows past N are clamped to row N - 1: computed again, never stored), m < MT,
-// with U accumulator sets (U = 2 halves the multiply-add dependency chain of the small tiles). Out: T, or float
+constexpr int GROUP = 16;  // weight rows per group: one sum16 per x row
+constexpr int MAX_MT = 8;  // x rows per pass: two accumulators each, 16 of the 32 vector registers
+
+// y[m * ldy + n0 + j] for the weight rows n0 + j < N, j < GROUP, and the x rows m < MT. Each weight row is read
+// once, front to back, against the MT x rows (which stay in L1): a group reads its rows in memory order, so the
+// hardware prefetcher sees one sequential stream (row-interleaved tiles reached about two thirds of the read
+// bandwidth of a plain sum, this about all of it). Per (row, x row): two accumulators, even and odd blocks of L
+// (the tail block into the first), then their sum; sum16 reduces a group's 16 rows at once. Out: T, or float
 // for the LM head's logits.
-template <typename Lanes, int NR, int MT, int U, typename Out>
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void tile(const typename Lanes::T* x, const typename Lanes::T* w,
-                                                                 const typename Lanes::T* bias, int64_t N, int64_t K,
-                                                                 int64_t n0, Out* y, int64_t ldy) {
-  using T = typename Lanes::T;
+template <typename Lanes, int MT, typename Out>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void group(const typename Lanes::T* x, const typename Lanes::T* w,
+                                                                  const typename Lanes::T* bias, int64_t N, int64_t K,
+                                                                  int64_t n0, Out* y, int64_t ldy) {
   constexpr int L = Lanes::L;
-  const T* wr[NR];
-  for (int j = 0; j < NR; ++j) wr[j] = w + std::min<int64_t>(n0 + j, N - 1) * K;
-  __m512 acc[U][NR][MT];
-  for (int u = 0; u < U; ++u)
-    for (int j = 0; j < NR; ++j)
-      for (int m = 0; m < MT; ++m) acc[u][j][m] = _mm512_setzero_ps();
-  const __mmask32 full = tail_mask(L, L);
-  int64_t i = 0;
-  for (; i + U * L <= K; i += U * L)
-    for (int u = 0; u < U; ++u)
-      for (int j = 0; j < NR; ++j)
-        for (int m = 0; m < MT; ++m)
-          acc[u][j][m] = Lanes::mac(acc[u][j][m], wr[j] + i + u * L, x + m * K + i + u * L, full);
-  for (; i < K; i += L) {
-    const __mmask32 mask = tail_mask(K - i, L);
-    for (int j = 0; j < NR; ++j)
-      for (int m = 0; m < MT; ++m) acc[0][j][m] = Lanes::mac(acc[0][j][m], wr[j] + i, x + m * K + i, mask);
-  }
-  for (int j = 0; j < NR && n0 + j < N; ++j)
-    for (int m = 0; m < MT; ++m) {
-      __m512 sum = acc[0][j][m];
-      for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][j][m]);
-      float v = _mm512_reduce_add_ps(sum);
-      if (bias != nullptr) v += to_float(bias[n0 + j]);
-      store(y + m * ldy + n0 + j, v);
+  const int rows = static_cast<int>(std::min<int64_t>(GROUP, N - n0));
+  __m512 sums[MT][GROUP];
+  for (int j = 0; j < rows; ++j) {
+    const typename Lanes::T* wr = w + (n0 + j) * K;
+    __m512 a0[MT], a1[MT];
+    for (int m = 0; m < MT; ++m) a0[m] = a1[m] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 * L <= K; i += 2 * L) {
+      const auto w0 = Lanes::load(wr + i), w1 = Lanes::load(wr + i + L);
+      for (int m = 0; m < MT; ++m) {
+        a0[m] = Lanes::dot(a0[m], w0, Lanes::load(x + m * K + i));
+        a1[m] = Lanes::dot(a1[m], w1, Lanes::load(x + m * K + i + L));
+      }
     }
+    for (; i < K; i += L) {
+      const int64_t n = std::min<int64_t>(L, K - i);
+      const auto w0 = Lanes::load(wr + i, n);
+      for (int m = 0; m < MT; ++m) a0[m] = Lanes::dot(a0[m], w0, Lanes::load(x + m * K + i, n));
+    }
+    for (int m = 0; m < MT; ++m) sums[m][j] = _mm512_add_ps(a0[m], a1[m]);
+  }
+  for (int j = rows; j < GROUP; ++j)
+    for (int m = 0; m < MT; ++m) sums[m][j] = _mm512_setzero_ps();
+  alignas(64) float out[GROUP];
+  for (int m = 0; m < MT; ++m) {
+    _mm512_store_ps(out, sum16(sums[m]));
+    for (int j = 0; j < rows; ++j) store(y + m * ldy + n0 + j, bias != nullptr ? out[j] + to_float(bias[n0 + j]) : out[j]);
+  }
 }
-#pragma GCC diagnostic pop
 
-// Register tiles: one x row streams 4 weight rows; more rows take 2 weight rows x 2 x rows per pass (and a
-// 2 x 1 tile for an odd row left over). Both with U = 2.
+// One group against x rows [0, M), MAX_MT at a time (later passes re-read the group's rows from cache).
+template <typename Lanes, typename Out>
+void group_rows(const typename Lanes::T* x, const typename Lanes::T* w, const typename Lanes::T* bias, int64_t M,
+                int64_t N, int64_t K, int64_t n0, Out* y, int64_t ldy) {
+  for (int64_t m0 = 0; m0 < M; m0 += MAX_MT) {
+    const auto* xm = x + m0 * K;
+    Out* ym = y + m0 * ldy;
+    switch (std::min<int64_t>(MAX_MT, M - m0)) {
+      case 1: group<Lanes, 1>(xm, w, bias, N, K, n0, ym, ldy); break;
+      case 2: group<Lanes, 2>(xm, w, bias, N, K, n0, ym, ldy); break;
+      case 3: group<Lanes, 3>(xm, w, bias, N, K, n0, ym, ldy); break;
+      case 4: group<Lanes, 4>(xm, w, bias, N, K, n0, ym, ldy); break;
+      case 5: group<Lanes, 5>(xm, w, bias, N, K, n0, ym, ldy); break;
+      case 6: group<Lanes, 6>(xm, w, bias, N, K, n0, ym, ldy); break;
+      case 7: group<Lanes, 7>(xm, w, bias, N, K, n0, ym, ldy); break;
+      default: group<Lanes, 8>(xm, w, bias, N, K, n0, ym, ldy); break;
+    }
+  }
+}
+
 template <typename Lanes>
 void run(const typename Lanes::T* x, const typename Lanes::T* w, const typename Lanes::T* bias, int64_t M, int64_t N,
          int64_t K, typename Lanes::T* y) {
-  const int64_t nr = M == 1 ? 4 : 2, groups = (N + nr - 1) / nr;
+  const int64_t groups = (N + GROUP - 1) / GROUP;
 #pragma omp parallel for schedule(static)
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t n0 = g * nr;
-    if (M == 1) {
-      tile<Lanes, 4, 1, 2>(x, w, bias, N, K, n0, y, N);
-      continue;
-    }
-    int64_t m = 0;
-    for (; m + 2 <= M; m += 2) tile<Lanes, 2, 2, 2>(x + m * K, w, bias, N, K, n0, y + m * N, N);
-    if (m < M) tile<Lanes, 2, 1, 2>(x + m * K, w, bias, N, K, n0, y + m * N, N);
-  }
+  for (int64_t g = 0; g < groups; ++g) group_rows<Lanes>(x, w, bias, M, N, K, g * GROUP, y, N);
 }
 
 template <typename Lanes>
 void one_row_logits_impl(const typename Lanes::T* x, const typename Lanes::T* w, int64_t n0, int64_t len, int64_t K,
                          float* y) {
-  // the rows [n0, n0 + len) as a matrix of len rows: tiles clamp at its end
-  for (int64_t r = 0; r < len; r += 4) tile<Lanes, 4, 1, 2>(x, w + n0 * K, nullptr, len, K, r, y, len);
+  // the rows [n0, n0 + len) as a matrix of len rows
+  for (int64_t r = 0; r < len; r += GROUP) group<Lanes, 1>(x, w + n0 * K, nullptr, len, K, r, y, len);
 }
 
 inline bool cpu_has(bool bf16) {

@@ -100,3 +100,11 @@ def rms_norm(x, weight, eps: float, out=None):
         out = torch.empty_like(x)
     _C.rms_norm_out(x.contiguous(), weight, float(eps), out)
     return out
+
+
+def decoder_stack(layers, final_norm, n_heads: int, n_kv: int, head_dim: int, eps: float):
+    """The C++ DecoderStack over a Llama-family model's layers (models/fast_llama.py): per layer
+    [w_qkv, b_qkv | None, w_o, b_o | None, w_gate_up, w_down, norm1, norm2], contiguous, one dtype (float32 |
+    bfloat16, where small_linear_native). `.forward(x [B, q, d], cos [B, q, D], sin [B, q, D], mask [B, 1, q, T],
+    kv [L, 2, B, Hkv, S, D], start)` -> hidden [B, q, d] after the final norm, new K/V written at [start, T)."""
+    return _C.DecoderStack(layers, final_norm, int(n_heads), int(n_kv), int(head_dim), float(eps))

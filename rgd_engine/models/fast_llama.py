@@ -14,10 +14,14 @@ every rope type and scaling HF supports is honoured.
 
 Why: HF's forward spends most of a one-token decode step in Python (mask and cache bookkeeping, per-module
 dispatch, three projection matmuls instead of one); attention here reads only the used cache slots [0, T)
-instead of the whole preallocated capacity. Inputs of at most SMALL_M rows (B * q: the one-token steps of
-small batches) go, on a CPU with AVX-512, to two C++ kernels: `small_linear` for the projections, which streams
-each weight matrix once at up to twice the bandwidth of torch's matmul on so few rows, and `rms_norm`, one call
-instead of torch's seven-op composite. Larger inputs (prefills, bigger candidate trees and batches) go to torch.
+instead of the whole preallocated capacity. Steps of at most SMALL_M rows (B * q: the one-token steps of small
+batches and the candidate trees of rgd-shared) go, on a CPU with AVX-512, to `DecoderStack`
+(csrc/cpu/decoder_stack.cpp): all layers in one C++ call, whose projections stream each weight matrix once
+(`small_linear`, at up to twice the bandwidth of torch's matmul on so few rows) and which skips the ~40 small
+torch ops per layer this loop dispatches. It computes this loop's ops with each op's rounding to the model dtype,
+torch's own attention and silu, and the kernels' fp32 sums for the projections and norms (a different summation
+order from torch's, so its states equal this loop's to rounding; tests/engine/test_decoder_stack.py). Larger
+inputs (prefills, the study's candidate trees, bigger batches) run the loop below on torch's ops.
 """
 from __future__ import annotations
 
@@ -29,11 +33,10 @@ from torch import nn
 
 from ..kernels import cpp
 
-# Rows (B * q) up to which the projections use cpp.small_linear. Measured over the demo model's 30 layers of
-# projections (benchmarks/few_row_ops.py, 2-core EPYC): fp32 1.2 - 2.6x faster than torch's matmul at 1 - 8 rows;
-# bf16 1.2 - 1.6x at 1 - 4 rows, a toss-up at 8 (0.9 - 1.2x between runs), slower from 10. Past that the kernel
-# becomes compute bound and torch's blocked GEMM wins.
-SMALL_M = 8
+# Rows (B * q) up to which a step goes to the C++ DecoderStack. Its projections (cpp.small_linear) against torch's
+# matmul over the demo model's 30 layers (benchmarks/few_row_ops.py, 2-core EPYC): fp32 1.2 - 3.9x faster at
+# 1 - 16 rows, bf16 1.1 - 2.1x; past that the kernel is compute bound and torch's blocked GEMM wins.
+SMALL_M = 16
 
 # model_type -> decoder layer class whose structure the fast forward reproduces
 _LAYERS = {"llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "qwen2": "Qwen2DecoderLayer"}
@@ -151,23 +154,9 @@ class FastLlama:
         weight = self.layers[0].w_qkv
         # Decided once per model; tests and benchmarks set it False to run torch's ops instead.
         self.few_row_kernels = weight.device.type == "cpu" and cpp.small_linear_native(weight.dtype)
-
-    def _few_rows(self, x: torch.Tensor) -> bool:
-        return self.few_row_kernels and x.shape[0] * x.shape[1] <= SMALL_M
-
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [B, q, K] @ weight[N, K]^T (+ bias) -> [B, q, N]; few rows go to cpp.small_linear (see SMALL_M)."""
-        if not self._few_rows(x):
-            return F.linear(x, weight, bias)
-        B, nq, K = x.shape
-        return cpp.small_linear(x.reshape(B * nq, K), weight, bias).view(B, nq, weight.shape[0])
-
-    def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """rms_norm of x [B, q, d] -> [B, q, d]; few rows go to cpp.rms_norm (the same maths in one call)."""
-        if not self._few_rows(x):
-            return rms_norm(x, weight, self.eps)
-        B, nq, d = x.shape
-        return cpp.rms_norm(x.reshape(B * nq, d), weight, self.eps).view(B, nq, d)
+        self.stack = cpp.decoder_stack(
+            [[w.w_qkv, w.b_qkv, w.w_o, w.b_o, w.w_gate_up, w.w_down, w.norm1, w.norm2] for w in self.layers],
+            base.norm.weight, self.n_heads, self.n_kv, self.head_dim, self.eps) if self.few_row_kernels else None
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor,
                 start: int) -> torch.Tensor:
@@ -177,15 +166,17 @@ class FastLlama:
         H, Hkv, D, end = self.n_heads, self.n_kv, self.head_dim, start + ids.shape[1]
         x = self.base.embed_tokens(ids)  # [B, q, d]
         cos, sin = self.base.rotary_emb(x, positions)  # [B, q, D] each
+        if self.few_row_kernels and B * nq <= SMALL_M:
+            return self.stack.forward(x, cos.contiguous(), sin.contiguous(), mask, kv, start)
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, q, 1, D]: broadcast over heads
         for i, w in enumerate(self.layers):
-            qkv = self.linear(self.norm(x, w.norm1), w.w_qkv, w.b_qkv).view(B, nq, H + 2 * Hkv, D)
+            qkv = F.linear(rms_norm(x, w.norm1, self.eps), w.w_qkv, w.b_qkv).view(B, nq, H + 2 * Hkv, D)
             qk = rope(qkv[:, :, :H + Hkv], cos, sin)  # [B, q, H + Hkv, D]: Q and K rotated together
             k_cache, v_cache = kv[i, 0], kv[i, 1]  # [B, Hkv, S, D]
             k_cache[:, :, start:end] = qk[:, :, H:].transpose(1, 2)
             v_cache[:, :, start:end] = qkv[:, :, H + Hkv:].transpose(1, 2)
             a = attend(qk[:, :, :H].transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end], mask)
-            x = x + self.linear(a, w.w_o, w.b_o)
-            gate, up = self.linear(self.norm(x, w.norm2), w.w_gate_up, None).split(self.intermediate, dim=-1)
-            x = x + self.linear(F.silu(gate) * up, w.w_down, None)
-        return self.norm(x, self.base.norm.weight)
+            x = x + F.linear(a, w.w_o, w.b_o)
+            gate, up = F.linear(rms_norm(x, w.norm2, self.eps), w.w_gate_up).split(self.intermediate, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w.w_down)
+        return rms_norm(x, self.base.norm.weight, self.eps)

@@ -8,8 +8,7 @@ import torch
 
 from rgd_engine import Engine, GenerationConfig, HeadBank
 from rgd_engine.errors import ModelLoadError
-from rgd_engine.kernels import cpp
-from rgd_engine.models import fast_llama, load_causal_lm
+from rgd_engine.models import load_causal_lm
 
 PROMPTS = ["The quick brown", "Reward guided decoding steers a language model with", "News:"]
 
@@ -42,6 +41,10 @@ def _build(kind: str, vocab: int, seed: int, **kw):
     cfg = cfg_cls(vocab_size=vocab, max_position_embeddings=512, initializer_range=0.2, rms_norm_eps=1e-5,
                   eos_token_id=0, pad_token_id=1, bos_token_id=None, **kw)
     model = model_cls(cfg).eval()
+    with torch.no_grad():  # HF initializes biases to zero, which would hide a bias the fast forward left out
+        for pname, p in model.named_parameters():
+            if pname.endswith(".bias"):
+                p.normal_(0.0, 0.5)
     model.generation_config.eos_token_id = 0
     model.generation_config.pad_token_id = 1
     return model
@@ -194,40 +197,3 @@ def test_tensor_cache_commit_keeps_only_the_chosen_candidate(pairs, name):
     torch.testing.assert_close(cache.kv[:, :, :, :, 5].permute(2, 0, 1, 3, 4), want, rtol=0, atol=0)
     assert cache.tree_mask(1).shape == (2, 1, 1, 7)
     assert (cache.tree_mask(1)[:, 0, 0, :6] == 0).all()
-
-
-@pytest.mark.parametrize("dtype", [pytest.param(d, marks=pytest.mark.skipif(
-    not cpp.small_linear_native(d), reason=f"this CPU cannot run small_linear in {d}"))
-    for d in (torch.float32, torch.bfloat16)])
-def test_fast_forward_sends_only_few_row_inputs_to_the_cpp_kernels(dtype, tiny_dirs, monkeypatch):
-    """A step of B * q <= SMALL_M rows goes to small_linear and rms_norm, a prefill past it to torch, and the
-    two paths give the same hidden states to rounding."""
-    monkeypatch.setenv("RGD_FORWARD", "fast")
-    lm = load_causal_lm(str(tiny_dirs["llama"]), dtype=dtype)
-    assert lm.fast.few_row_kernels, "small_linear is native here, so the fast forward must use it"
-    rows, norm_rows = [], []
-    real, real_norm = cpp.small_linear, cpp.rms_norm
-    monkeypatch.setattr(fast_llama.cpp, "small_linear", lambda x, w, b: rows.append(x.shape[0]) or real(x, w, b))
-    monkeypatch.setattr(fast_llama.cpp, "rms_norm", lambda x, w, e: norm_rows.append(x.shape[0]) or real_norm(x, w, e))
-    ids = torch.randint(2, lm.vocab_size, (2, fast_llama.SMALL_M))  # prefill: 2 * SMALL_M rows
-    pad = torch.ones_like(ids, dtype=torch.bool)
-
-    def run():
-        cache = lm.new_cache(2, ids.shape[1] + 3)
-        lm.forward(ids, torch.arange(ids.shape[1]).expand(2, -1), cache.prefill_mask(pad), cache)
-        cache.advance(ids.shape[1], pad)
-        step = lm.forward(ids[:, :3], torch.full((2, 3), ids.shape[1]), cache.tree_mask(3), cache)
-        return step
-
-    with torch.inference_mode():
-        fast = run()
-        layers = len(lm.fast.layers)
-        assert rows == [6] * (4 * layers), "the 6-row tree's 4 projections per layer, and not the prefill's"
-        assert norm_rows == [6] * (2 * layers + 1), "the tree's 2 norms per layer and the final one"
-        lm.fast.few_row_kernels = False
-        rows.clear()
-        norm_rows.clear()
-        slow = run()
-        assert rows == [] and norm_rows == []
-    tol = dict(atol=5e-2, rtol=5e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fast, slow, **tol)
