@@ -45,7 +45,7 @@ void small_linear(const BFloat16* x, const BFloat16* w, const BFloat16* bias, in
                   BFloat16* y);
 bool small_linear_is_native(bool bf16);
 // y[r] = x . w[n0 + r] in fp32 for r < len, one x row, one thread: lmhead_topk's chunk logits on small_linear's
-// tiles (where small_linear_is_native).
+// row groups (where small_linear_is_native).
 void one_row_logits(const float* x, const float* w, int64_t n0, int64_t len, int64_t K, float* y);
 void one_row_logits(const BFloat16* x, const BFloat16* w, int64_t n0, int64_t len, int64_t K, float* y);
 

@@ -5,11 +5,13 @@
 //
 // Why: a decode step multiplies M = B * q <= 16 rows by every weight matrix of the model, so its time is the
 // time to read the weights. torch's CPU matmul reaches about a third of the read bandwidth on such inputs
-// (11 GB/s bf16 on the 2-core EPYC this was written on, against 27-35 GB/s for a plain read); this kernel about
-// two thirds at one row. Work split: the N weight rows are cut into groups of NR; each group's NR rows are
-// streamed once against MT x rows at a time (further x rows re-read the group from L1). OpenMP splits the groups.
-// bf16: VDPBF16PS (32 bf16 products per instruction, summed pairwise in fp32). fp32: VFMADD on 16 lanes.
-// The per-(n, m) fp32 sums are reduced across lanes at the end, so the summation order differs from torch's.
+// (11 GB/s bf16 on the 2-core EPYC this was written on, against 27-55 GB/s for a plain read); this kernel reads
+// at about the plain read's rate at one row. Work split: the N weight rows are cut into groups of 16; a group
+// reads its rows one after the other, front to back (one sequential stream for the hardware prefetcher: tiles
+// that interleaved 2 - 4 rows reached two thirds of the rate), each row against up to 8 x rows held in L1.
+// OpenMP splits the groups. bf16: VDPBF16PS (32 bf16 products per instruction, summed pairwise in fp32).
+// fp32: VFMADD on 16 lanes. Each (n, m) sum is reduced across lanes at the end (sum16), so the summation order
+// differs from torch's.
 #include "kernels.h"
 
 #include "bf16.h"
@@ -72,11 +74,9 @@ constexpr int GROUP = 16;  // weight rows per group: one sum16 per x row
 constexpr int MAX_MT = 8;  // x rows per pass: two accumulators each, 16 of the 32 vector registers
 
 // y[m * ldy + n0 + j] for the weight rows n0 + j < N, j < GROUP, and the x rows m < MT. Each weight row is read
-// once, front to back, against the MT x rows (which stay in L1): a group reads its rows in memory order, so the
-// hardware prefetcher sees one sequential stream (row-interleaved tiles reached about two thirds of the read
-// bandwidth of a plain sum, this about all of it). Per (row, x row): two accumulators, even and odd blocks of L
-// (the tail block into the first), then their sum; sum16 reduces a group's 16 rows at once. Out: T, or float
-// for the LM head's logits.
+// once, front to back, against the MT x rows (which stay in L1), the group's rows in memory order. Per (row,
+// x row): two accumulators, even and odd blocks of L (the tail block into the first), then their sum; sum16
+// reduces a group's 16 rows at once. Out: T, or float for the LM head's logits.
 template <typename Lanes, int MT, typename Out>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void group(const typename Lanes::T* x, const typename Lanes::T* w,
                                                                   const typename Lanes::T* bias, int64_t N, int64_t K,
