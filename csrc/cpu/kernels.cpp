@@ -11,7 +11,7 @@
 // per instruction, exact in fp32, accumulated in fp32), a 4 W rows x 4 h rows register tile; otherwise the
 // hidden rows are widened to fp32 and the portable loops above run (same maths, other summation order).
 // One hidden row (B = 1, a decode step: bandwidth bound) on a CPU with AVX-512, in fp32 or bf16: the chunk
-// logits come from small_linear's one-row tiles (small_linear.cpp), which stream W faster.
+// logits come from small_linear's row groups (small_linear.cpp), which stream W faster.
 //
 // score_select, per row b with u = slot_b:
 //   r_j = W_u . c_j + b_u (0 when u = -1),  s_j = logprob_j + weight_b * r_j
