@@ -33,18 +33,6 @@ T* ptr(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
 }
 
-// Storage type of the model dtype.
-template <typename S>
-struct Storage;
-template <>
-struct Storage<float> {
-  using T = float;
-};
-template <>
-struct Storage<c10::BFloat16> {
-  using T = BFloat16;
-};
-
 // h[i] <- T(h[i] + y[i])
 template <typename T>
 void add_into(T* h, const T* y, int64_t n) {
@@ -153,7 +141,7 @@ class DecoderStack {
     a.dims(mask, "mask", 4, "[B, 1, q, T]");
     TORCH_CHECK(mask.size(0) == B && mask.size(1) == 1 && mask.size(2) == nq && mask.size(3) == start + nq, kOp,
                 ": mask must have shape [", B, ", 1, ", nq, ", ", start + nq, "], got ", mask.sizes());
-    if (dtype_ == at::kBFloat16) return run<c10::BFloat16>(x, cos, sin, mask, kv, start);
+    if (dtype_ == at::kBFloat16) return run<BFloat16>(x, cos, sin, mask, kv, start);
     return run<float>(x, cos, sin, mask, kv, start);
   }
 
@@ -162,10 +150,10 @@ class DecoderStack {
     at::Tensor w_qkv, b_qkv, w_o, b_o, w_gate_up, w_down, norm1, norm2;  // b_*: undefined when absent
   };
 
-  template <typename S>
+  // T: the storage type of the model dtype (float or BFloat16)
+  template <typename T>
   at::Tensor run(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
                  const at::Tensor& kv, int64_t start) const {
-    using T = typename Storage<S>::T;
     const int64_t B = x.size(0), nq = x.size(1), M = B * nq, H = H_, Hkv = Hkv_, D = D_, g = H / Hkv;
     const int64_t end = start + nq, slots = kv.size(4), Q = (H + 2 * Hkv) * D;
     const auto opt = x.options();
