@@ -189,7 +189,7 @@ class DecoderStack {
       linear(act, w.w_down, at::Tensor(), o);
       add_into(ptr<T>(h), ptr<const T>(o), M * d_);
     }
-    rms_norm(ptr<const T>(h), ptr<const T>(final_norm_), M, d_, eps_, ptr<T>(out));
+    norm(h, final_norm_, out);
     return out;
   }
 
