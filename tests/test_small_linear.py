@@ -11,10 +11,13 @@ DTYPES = [torch.float32, torch.bfloat16]
 native = pytest.mark.parametrize("dtype", [pytest.param(d, marks=pytest.mark.skipif(
     not cpp.small_linear_native(d), reason=f"this CPU cannot run small_linear in {d}")) for d in DTYPES])
 
-# M: one row, 2 - 8 rows (one pass), past 8 (a second pass over each weight group) and past SMALL_M; K: below, at
-# and past the 16 / 32 lanes and the two-vector step (tails masked); N: below, at and past the 16-row groups.
+# M: one row, 2 - 8 rows (one pass, one weight row at a time), past 8 (balanced passes of <= 6 rows that read weight
+# rows in pairs: 9 = 4 + 5, 12 = 6 + 6, 17 = 5 + 6 + 6) and past SMALL_M; K: below, at and past the 16 / 32 lanes
+# and the two-vector step (tails masked); N: below, at and past the 16-row groups, with odd rows left after the
+# pairs of a group.
 SHAPES = [(1, 1, 1), (1, 5, 31), (1, 7, 576), (1, 33, 48), (2, 3, 33), (3, 9, 64), (4, 13, 65), (5, 2, 127),
-          (8, 16, 64), (9, 17, 40), (10, 97, 200), (16, 31, 1536), (17, 6, 96)]
+          (7, 16, 576), (8, 16, 64), (9, 17, 40), (10, 97, 200), (12, 18, 65), (13, 1, 33), (16, 31, 1536),
+          (17, 6, 96)]
 
 
 def _reference(x, w, b):
