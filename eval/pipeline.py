@@ -56,19 +56,19 @@ PROMPT_CACHE_BYTES = 3 << 30  # the study's prompt prefills (bf16 demo: about 2.
 
 STAGES = {s.name: s for s in (
     Stage("paraphrases", GEN_ARGS, "LaMP-7: the policy's zero-shot paraphrase of each bare-text profile item "
-                                   "(the input of its pair)", revision=2),
+                                   "(the input of its pair)", revision=3),
     Stage("negatives", GEN_ARGS, "rejected texts the policy writes (icl-other: conditioned on another user's "
-                                 "profile; policy: zero-shot)", revision=2),
+                                 "profile; policy: zero-shot)", revision=3),
     Stage("features", MODEL_ARGS, "final-norm states of x o y of the profile pairs, chosen and rejected: at the "
                                   "last token (sequence heads) and at every response prefix (token heads)", "torch",
-          revision=3),
+          revision=4),
     Stage("trees", MODEL_ARGS + ("k",), "teacher-forced candidate trees of the query pairs (policy accuracy; "
-                                        "the query pairs' features)", "torch", revision=3),
-    Stage("generation", GEN_ARGS, "zero-shot and ICL greedy generation", terminal=True, revision=3),
+                                        "the query pairs' features)", "torch", revision=4),
+    Stage("generation", GEN_ARGS, "zero-shot and ICL greedy generation", terminal=True, revision=4),
     Stage("generation-guided", GEN_ARGS + ("k",), "reward-guided generation (args, token, logratio)",
-          terminal=True, revision=3),
+          terminal=True, revision=4),
     Stage("generation-bon", GEN_ARGS, "blockwise best-of-N generation (its sampling settings in the inputs)",
-          terminal=True, revision=3),
+          terminal=True, revision=4),
 )}
 
 

@@ -109,7 +109,7 @@ void small_linear_out(const torch::Tensor& x, const torch::Tensor& weight, const
   a.tensor(out, "out", dtype, {M, N});
   const bool bf16 = dtype == at::kBFloat16;
   TORCH_CHECK(rgd::cpu::small_linear_is_native(bf16), a.op(), ": this CPU lacks ",
-              bf16 ? "AVX-512 with AVX512-BF16" : "AVX-512F/BW", " (see small_linear_is_native)");
+              bf16 ? "AVX-512 with AVX512-BF16" : "AVX-512F/BW/VL", " (see small_linear_is_native)");
   if (M == 0 || N == 0) return;
   pybind11::gil_scoped_release no_gil;
   if (bf16) {
@@ -147,6 +147,41 @@ void rms_norm_out(const torch::Tensor& x, const torch::Tensor& weight, double ep
   }
 }
 
+// q [B, nq, H, D], k / v [B, Hkv, S, D], mask [B, 1, nq, T] additive (T <= S slots used), all f32 or all bf16
+// -> out [B, nq, H, D]: softmax(q k^T / sqrt(D) + mask) v, query head h reading kv head h / (H / Hkv).
+void decode_attention_out(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& mask, torch::Tensor out) {
+  const auto a = checks::OpArgs::cpu("rgd_engine._C.decode_attention", kMatrixDtypes);
+  a.dims(q, "q", 4, "[B, nq, H, D]");
+  a.dims(k, "k", 4, "[B, Hkv, S, D]");
+  a.dims(mask, "mask", 4, "[B, 1, nq, T]");
+  a.matrix(q, "q");
+  const auto dtype = q.scalar_type();
+  const int64_t B = q.size(0), nq = q.size(1), H = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
+  const int64_t T = mask.size(3);
+  a.tensor(k, "k", dtype, {B, Hkv, S, D});
+  a.tensor(v, "v", dtype, {B, Hkv, S, D});
+  a.tensor(mask, "mask", dtype, {B, 1, nq, T});
+  a.tensor(out, "out", dtype, {B, nq, H, D});
+  TORCH_CHECK(Hkv > 0 && H % Hkv == 0, a.op(), ": the query heads (", H, ") must be a multiple of the kv heads (",
+              Hkv, ")");
+  TORCH_CHECK(T >= 1 && T <= S, a.op(), ": mask covers ", T, " slots; it must cover 1 to S = ", S);
+  const bool bf16 = dtype == at::kBFloat16;
+  TORCH_CHECK(rgd::cpu::small_linear_is_native(bf16), a.op(), ": this CPU lacks ",
+              bf16 ? "AVX-512 with AVX512-BF16" : "AVX-512F/BW/VL", " (see small_linear_is_native)");
+  if (B == 0 || nq == 0 || H == 0 || D == 0) return;
+  const rgd::cpu::AttentionShape shape{B, nq, H, Hkv, D, S, T, nq * H * D, H * D};
+  pybind11::gil_scoped_release no_gil;
+  if (bf16) {
+    using rgd::cpu::BFloat16;
+    auto p = [](const torch::Tensor& t) { return reinterpret_cast<const BFloat16*>(t.data_ptr()); };
+    rgd::cpu::decode_attention(p(q), p(k), p(v), p(mask), shape, reinterpret_cast<BFloat16*>(out.data_ptr()));
+  } else {
+    rgd::cpu::decode_attention(q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), mask.data_ptr<float>(),
+                               shape, out.data_ptr<float>());
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -154,9 +189,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lmhead_topk_bf16_is_native", &rgd::cpu::lmhead_topk_bf16_is_native,
         "whether bf16 x bf16 lmhead_topk runs on AVX512-BF16 (else the hidden rows are widened to fp32)");
   m.def("small_linear_is_native", &rgd::cpu::small_linear_is_native, pybind11::arg("bf16"),
-        "whether small_linear runs on this CPU (AVX-512F/BW; AVX512-BF16 too for bf16)");
+        "whether small_linear runs on this CPU (AVX-512F/BW/VL; AVX512-BF16 too for bf16)");
   m.def("small_linear_out", &small_linear_out, "y = x W^T (+ b) for few-row x, into out", pybind11::arg("x"),
         pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("out"));
+  m.def("decode_attention_out", &decode_attention_out, "attention of few query rows over a KV cache, into out",
+        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("mask"), pybind11::arg("out"));
   m.def("rms_norm_out", &rms_norm_out, "HF's RMSNorm (fp32 statistics) into out", pybind11::arg("x"),
         pybind11::arg("weight"), pybind11::arg("eps"), pybind11::arg("out"));
   m.def("lmhead_topk_out", &lmhead_topk_out, "top-k log-softmax of the LM head into outputs",

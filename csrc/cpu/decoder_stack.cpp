@@ -2,16 +2,17 @@
 //
 // Per layer, the residual stream h [M, d] (M = B q rows), positions' cos/sin [B, q, D], cache slots [start, T):
 //   n = rms_norm_1(h);  [Q | K | V] = n W_qkv^T (+ b);  Q, K <- Q cos + rot(Q) sin, K cos + rot(K) sin
-//   cache[start:T] <- K, V;  A = sdpa(Q, cache K[0:T], cache V[0:T], mask)      (GQA: g query heads per kv head)
+//   cache[start:T] <- K, V;  A = attention(Q, cache K[0:T], cache V[0:T], mask)  (GQA: g query heads per kv head)
 //   h <- h + A W_o^T (+ b_o);  n = rms_norm_2(h);  [G | U] = n W_gu^T;  h <- h + (silu(G) * U) W_down^T
 // and the final norm. rot(x) = [-x2, x1] for the halves x1, x2 of x.
 //
 // Why: the Python loop spends ~120 us per layer dispatching ~40 small torch ops (views, rope, adds, silu) around
-// the projections. Here the projections and norms are the small_linear / rms_norm kernels, rope, the cache write,
-// the residual adds and silu(G) * U are loops over the few rows, and attention and silu stay torch's kernels,
-// called from C++. Every element is computed as the Python loop computes it (each op's result rounded to the
-// model dtype T, the same summation order, torch's own sdpa and silu), so the hidden states are bit-identical;
-// tests/engine/test_decoder_stack.py checks that.
+// the projections, and torch's attention costs 35 - 120 us per layer on so few rows. Here the projections, norms
+// and attention are the small_linear / rms_norm / decode_attention kernels; rope, the cache write, the residual
+// adds and silu(G) * U are loops over the few rows, and silu stays torch's kernel, called from C++. Every op but
+// the projections (fp32 sums in another order than torch's matmul) and attention (probabilities kept in fp32,
+// where torch's rounds them to bf16) is computed as the Python loop computes it, each result rounded to the model
+// dtype T, so the hidden states agree with the loop's to rounding; tests/engine/test_decoder_stack.py checks that.
 #include "decoder_stack.h"
 
 #include <string>
@@ -141,6 +142,8 @@ class DecoderStack {
     a.dims(mask, "mask", 4, "[B, 1, q, T]");
     TORCH_CHECK(mask.size(0) == B && mask.size(1) == 1 && mask.size(2) == nq && mask.size(3) == start + nq, kOp,
                 ": mask must have shape [", B, ", 1, ", nq, ", ", start + nq, "], got ", mask.sizes());
+    TORCH_CHECK(mask.device().is_cpu() && mask.scalar_type() == dtype_, kOp, ": mask must be a CPU ",
+                checks::dtype_name(dtype_), " tensor, got ", checks::dtype_name(mask.scalar_type()), " on ", mask.device());
     if (dtype_ == at::kBFloat16) return run<BFloat16>(x, cos, sin, mask, kv, start);
     return run<float>(x, cos, sin, mask, kv, start);
   }
@@ -154,15 +157,16 @@ class DecoderStack {
   template <typename T>
   at::Tensor run(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
                  const at::Tensor& kv, int64_t start) const {
-    const int64_t B = x.size(0), nq = x.size(1), M = B * nq, H = H_, Hkv = Hkv_, D = D_, g = H / Hkv;
+    const int64_t B = x.size(0), nq = x.size(1), M = B * nq, H = H_, Hkv = Hkv_, D = D_;
     const int64_t end = start + nq, slots = kv.size(4), Q = (H + 2 * Hkv) * D;
     const auto opt = x.options();
     at::Tensor h = x.reshape({M, d_}).clone();  // the residual stream, updated in place
     at::Tensor n = at::empty({M, d_}, opt), qkv = at::empty({M, Q}, opt), o = at::empty({M, d_}, opt);
     at::Tensor qk = at::empty({B, nq, H + Hkv, D}, opt), gu = at::empty({M, 2 * I_}, opt);
     at::Tensor act = at::empty({M, I_}, opt), silu = at::empty({M, I_}, opt), out = at::empty({B, nq, d_}, opt);
-    // query head j of kv head c is row j q + t of c's g q query rows (fast_llama.attend): the mask repeats per j
-    const at::Tensor m = g == 1 ? mask : mask.unsqueeze(2).expand({B, 1, g, nq, end}).reshape({B, 1, g * nq, end});
+    at::Tensor flat = at::empty({M, H * D}, opt);  // attention output [B, nq, H, D]
+    const at::Tensor m = mask.contiguous();
+    const AttentionShape shape{B, nq, H, Hkv, D, slots, end, nq * (H + Hkv) * D, (H + Hkv) * D};
     auto linear = [&](const at::Tensor& in, const at::Tensor& w, const at::Tensor& b, at::Tensor& y) {
       small_linear(ptr<const T>(in), ptr<const T>(w), b.defined() ? ptr<const T>(b) : nullptr, M, w.size(0),
                    w.size(1), ptr<T>(y));
@@ -177,9 +181,7 @@ class DecoderStack {
       linear(n, w.w_qkv, w.b_qkv, qkv);
       rope_and_cache(ptr<const T>(qkv), ptr<const T>(cos), ptr<const T>(sin), B, nq, H, Hkv, D, slots, start,
                      ptr<T>(qk), ptr<T>(kc), ptr<T>(vc));
-      const at::Tensor q = qk.narrow(2, 0, H).transpose(1, 2).reshape({B, Hkv, g * nq, D});
-      const at::Tensor attn = at::scaled_dot_product_attention(q, kc.narrow(2, 0, end), vc.narrow(2, 0, end), m);
-      const at::Tensor flat = attn.reshape({B, H, nq, D}).transpose(1, 2).reshape({M, H * D}).contiguous();
+      decode_attention(ptr<const T>(qk), ptr<const T>(kc), ptr<const T>(vc), ptr<const T>(m), shape, ptr<T>(flat));
       linear(flat, w.w_o, w.b_o, o);
       add_into(ptr<T>(h), ptr<const T>(o), M * d_);
       norm(h, w.norm2, n);

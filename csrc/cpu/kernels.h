@@ -39,7 +39,7 @@ void gather_score_select(const float* query, const T* emb, const int64_t* cand_i
                          bool sample, float tau, const float* rand, int64_t* chosen, float* scores, float* rewards);
 
 // x [M, K], w [N, K], bias [N] or nullptr -> y [M, N] = x w^T + bias, accumulated in fp32 (small_linear.cpp).
-// Runs only where small_linear_is_native(bf16) (AVX-512F/BW, and AVX512-BF16 for bf16); the binding checks.
+// Runs only where small_linear_is_native(bf16) (AVX-512F/BW/VL, and AVX512-BF16 for bf16); the binding checks.
 void small_linear(const float* x, const float* w, const float* bias, int64_t M, int64_t N, int64_t K, float* y);
 void small_linear(const BFloat16* x, const BFloat16* w, const BFloat16* bias, int64_t M, int64_t N, int64_t K,
                   BFloat16* y);
@@ -48,6 +48,18 @@ bool small_linear_is_native(bool bf16);
 // row groups (where small_linear_is_native).
 void one_row_logits(const float* x, const float* w, int64_t n0, int64_t len, int64_t K, float* y);
 void one_row_logits(const BFloat16* x, const BFloat16* w, int64_t n0, int64_t len, int64_t K, float* y);
+
+// Attention of a step's query rows over a KV cache (decode_attention.cpp). Batch row b, step row t, query head h
+// (kv head h / (H / Hkv)): q row at q + b q_b + t q_t + h D; k, v [B, Hkv, S, D] (slots [0, T) used); mask
+// [B, nq, T] additive -> out [B, nq, H, D] = softmax(q k^T / sqrt(D) + mask) v, in fp32, rounded once to T.
+// Runs only where small_linear_is_native(bf16).
+struct AttentionShape {
+  int64_t B, nq, H, Hkv, D, S, T, q_b, q_t;
+};
+void decode_attention(const float* q, const float* k, const float* v, const float* mask, const AttentionShape& a,
+                      float* out);
+void decode_attention(const BFloat16* q, const BFloat16* k, const BFloat16* v, const BFloat16* mask,
+                      const AttentionShape& a, BFloat16* out);
 
 // x [M, d], w [d] -> y [M, d] = w * T(x / sqrt(mean(x^2) + eps)), the mean in fp32 (rms_norm.cpp).
 void rms_norm(const float* x, const float* w, int64_t M, int64_t d, float eps, float* y);

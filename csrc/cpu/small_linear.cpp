@@ -15,10 +15,7 @@
 #include "kernels.h"
 
 #include "bf16.h"
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "lanes.h"
 
 #include <algorithm>
 
@@ -26,49 +23,11 @@ namespace rgd {
 namespace cpu {
 namespace {
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#ifdef RGD_AVX512_LANES
 #define RGD_SMALL_LINEAR 1
-
-// Lane traits: L elements of T per vector; load() (full or masked) and dot(), one multiply-add step in fp32.
-struct Bf16Lanes {
-  using T = BFloat16;
-  static constexpr int L = 32;
-  __attribute__((target("avx512f,avx512bw"))) static inline __m512i load(const T* p) { return _mm512_loadu_si512(p); }
-  __attribute__((target("avx512f,avx512bw"))) static inline __m512i load(const T* p, int64_t n) {
-    return _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t(1) << n) - 1), p);
-  }
-  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static inline __m512 dot(__m512 acc, __m512i w, __m512i x) {
-    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
-  }
-};
-
-struct F32Lanes {
-  using T = float;
-  static constexpr int L = 16;
-  __attribute__((target("avx512f"))) static inline __m512 load(const T* p) { return _mm512_loadu_ps(p); }
-  __attribute__((target("avx512f"))) static inline __m512 load(const T* p, int64_t n) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
-  }
-  __attribute__((target("avx512f"))) static inline __m512 dot(__m512 acc, __m512 w, __m512 x) {
-    return _mm512_fmadd_ps(w, x, acc);
-  }
-};
-
-// The 16 vectors a[0..15] -> one vector whose lane j is the sum of a[j]'s lanes. Each a[j] is summed as
-// _mm512_reduce_add_ps sums one vector (lanes i + 8, then + 4, + 2, + 1: the same pairs in the same order), so
-// the result is bit-identical to 16 such reductions, in 15 shuffle-and-add steps instead of 16 x 4.
-__attribute__((target("avx512f"))) inline __m512 sum16(const __m512* a) {
-  __m512 b[8], c[4], d[2];
-  for (int j = 0; j < 8; ++j)  // 256-bit halves: lanes [0, 8) of b[j] from a[j], [8, 16) from a[j + 8]
-    b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[j], a[j + 8], 0x44), _mm512_shuffle_f32x4(a[j], a[j + 8], 0xEE));
-  for (int j = 0; j < 4; ++j)  // 128-bit blocks: c[j]'s blocks 0 - 3 hold the 4 sums of a[j], a[j + 8], a[j + 4], a[j + 12]
-    c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[j], b[j + 4], 0x88), _mm512_shuffle_f32x4(b[j], b[j + 4], 0xDD));
-  for (int j = 0; j < 2; ++j)  // lanes i + 2 within each block
-    d[j] = _mm512_add_ps(_mm512_unpacklo_ps(c[j], c[j + 2]), _mm512_unpackhi_ps(c[j], c[j + 2]));
-  // lanes i + 1: block r now holds the sums of a[4 r'], ..., a[4 r' + 3] with r' = 0, 2, 1, 3; swap blocks 1 and 2
-  const __m512 e = _mm512_add_ps(_mm512_unpacklo_ps(d[0], d[1]), _mm512_unpackhi_ps(d[0], d[1]));
-  return _mm512_shuffle_f32x4(e, e, 0xD8);
-}
+using lanes::Bf16Lanes;
+using lanes::F32Lanes;
+using lanes::sum16;
 
 constexpr int GROUP = 16;      // weight rows per group: one sum16 per x row
 constexpr int MAX_MT = 8;      // x rows of a one-pass group (one weight row at a time): 16 accumulators
@@ -193,7 +152,8 @@ void one_row_logits_impl(const typename Lanes::T* x, const typename Lanes::T* w,
 }
 
 inline bool cpu_has(bool bf16) {
-  static const bool f32 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  static const bool f32 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl");  // VL: decode_attention's 256-bit masked loads
   static const bool b16 = f32 && __builtin_cpu_supports("avx512bf16");
   return bf16 ? b16 : f32;
 }

@@ -80,7 +80,7 @@ def gather_score_select(query, emb, cand_ids, offset, logprob, weight, ratio, mo
 
 
 def small_linear_native(dtype: torch.dtype) -> bool:
-    """Whether `small_linear` runs for weights of `dtype` on this CPU (float32: AVX-512F/BW; bfloat16: also
+    """Whether `small_linear` runs for weights of `dtype` on this CPU (float32: AVX-512F/BW/VL; bfloat16: also
     AVX512-BF16)."""
     return _C is not None and dtype in _NATIVE and _C.small_linear_is_native(dtype == torch.bfloat16)
 
@@ -99,6 +99,16 @@ def rms_norm(x, weight, eps: float, out=None):
     if out is None:
         out = torch.empty_like(x)
     _C.rms_norm_out(x.contiguous(), weight, float(eps), out)
+    return out
+
+
+def decode_attention(q, k, v, mask, out=None):
+    # q [B, nq, H, D], k / v [B, Hkv, S, D], mask [B, 1, nq, T] additive over slots [0, T), one dtype (float32 |
+    # bfloat16, where small_linear_native) -> out [B, nq, H, D] = softmax(q k^T / sqrt(D) + mask) v, query head h
+    # reading kv head h // (H // Hkv); fp32 softmax and sums, rounded once to the dtype (DecoderStack's attention)
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    _C.decode_attention_out(q.contiguous(), k, v, mask.contiguous(), out)
     return out
 
 

