@@ -10,6 +10,9 @@ Both folders are finished `rgd-eval run`s with the same settings except --dtype.
 - headline metrics (both runs finished): each value of the candidate run next to the reference run's value and
   user-clustered 95% CI, and whether it lies inside that CI (the criterion for making the candidate dtype the
   study's default);
+- paired ROUGE-1 per system (both runs finished): candidate - reference over the same queries, paired over
+  users (the user is the unit: bootstrap CI and sign-flip permutation over users, Holm over the systems), for
+  every system name (system, variant and w) both runs generated;
 - stage seconds of both runs and their ratio.
 Writes JSON and prints Markdown.
 """
@@ -93,6 +96,33 @@ def metric_rows(ref: dict, cand: dict) -> list[dict]:
     return rows
 
 
+def samples_of(run_dir: Path) -> dict[tuple[str, str], dict]:
+    """{(system, query id): sample} from a finished run's samples.jsonl."""
+    with open(run_dir / "samples.jsonl") as f:
+        return {(r["system"], r["id"]): r for r in map(json.loads, f)}
+
+
+def paired_rouge1(ref_dir: Path, cand_dir: Path) -> dict:
+    """Per system both runs generated: ROUGE-1 of candidate - reference on the same queries, paired over users."""
+    from rgd_eval.stats import holm, lamp_rouge, paired_user_difference
+
+    ref, cand = samples_of(ref_dir), samples_of(cand_dir)
+    out = {}
+    for system in sorted({s for s, _ in ref} & {s for s, _ in cand}):
+        keys = sorted(k for k in ref if k[0] == system and k in cand)
+        for k in keys:
+            if ref[k]["gold"] != cand[k]["gold"] or ref[k]["user"] != cand[k]["user"]:
+                raise ValueError(f"{ref_dir} and {cand_dir} disagree on query {k[1]!r} (its user or gold text)")
+        gold = [ref[k]["gold"] for k in keys]
+        r = lamp_rouge([ref[k]["prediction"] for k in keys], gold)["rouge1"]
+        c = lamp_rouge([cand[k]["prediction"] for k in keys], gold)["rouge1"]
+        out[system] = {"reference": sum(r) / len(r), "candidate": sum(c) / len(c),
+                       **paired_user_difference(c, r, [ref[k]["user"] for k in keys], n_boot=1000, n_perm=5000)}
+    for system, p in holm({s: v["p_value"] for s, v in out.items()}).items():
+        out[system]["holm_p"] = p
+    return out
+
+
 def compare(ref_dir: Path, cand_dir: Path, model: str) -> dict:
     from transformers import AutoTokenizer
 
@@ -116,6 +146,7 @@ def compare(ref_dir: Path, cand_dir: Path, model: str) -> dict:
     out.update(dtypes=[ref["config"]["dtype"], cand["config"]["dtype"]],
                elapsed_s=[ref["config"].get("elapsed_s"), cand["config"].get("elapsed_s")], metrics=rows,
                inside_all=all(r["inside"] for r in rows), n_outside=sum(not r["inside"] for r in rows),
+               paired_rouge1=paired_rouge1(ref_dir, cand_dir),
                stage_seconds={k: {"reference_s": rs[k], "candidate_s": cs.get(k),
                                   "speedup": rs[k] / cs[k] if cs.get(k) else None} for k in rs})
     return out
@@ -135,6 +166,11 @@ def markdown(out: dict) -> str:
         for r in out["metrics"]:
             lines.append(f"| {r['what']} | {r['reference']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | "
                          f"{r['candidate']:.3f} | {'yes' if r['inside'] else '**no**'} |")
+        lines += ["", f"ROUGE-1, {b} - {a} on the same queries, paired over users (Holm over the systems)", "",
+                  f"| system | {b} | {a} | {b} - {a} [95% CI] | p | Holm p |", "|---|---|---|---|---|---|"]
+        for system, d in out["paired_rouge1"].items():
+            lines.append(f"| {system} | {d['candidate']:.3f} | {d['reference']:.3f} | {d['diff']:+.4f} "
+                         f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {d['p_value']:.2g} | {d['holm_p']:.2g} |")
         lines += ["", f"| stage | {a} s | {b} s | speed-up |", "|---|---|---|---|"]
         for k, st in out["stage_seconds"].items():
             sp = f"{st['speedup']:.2f}x" if st["speedup"] else "-"

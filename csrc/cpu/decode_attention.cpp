@@ -8,7 +8,8 @@
 //
 // Why: a step of 1 - 16 rows spends 35 - 120 us per layer in torch's scaled_dot_product_attention (2 - 4 ms of a
 // 10 - 16 ms bf16 step of the demo model), mostly in setting up its blocked kernel; the arithmetic is a few us.
-// Work split: one job per (b, c) reads that kv head's K and V once for all g nq query rows sharing it. Per job:
+// Work split: one job per (b, c) reads that kv head's K and V once for all g nq query rows sharing it (or for a
+// part of them, when there are too few kv heads for the threads). Per job:
 // (1) scores, 16 slots at a time: one accumulator per slot, reduced across lanes by one sum16; (2) per row, max,
 // exp (16 lanes) and sum; (3) P V: V's rows widened to fp32 once per slot and multiplied into the accumulators
 // of up to 16 / NC rows (NC = 16-lane column chunks, columns in slices of 8 chunks).
@@ -16,6 +17,8 @@
 
 #include "bf16.h"
 #include "lanes.h"
+
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -68,14 +71,15 @@ void values_slice(const float* p, const float* inv, const T* v, int64_t R, int64
   for (int64_t r0 = 0; r0 < R; r0 += ACCUMULATORS / NC) weighted_values<T, NC>(p, inv, v, R, T_, D, d0, r0, rows);
 }
 
-// One (b, c) job. scratch: [(R + 16) T + R] floats.
+// Rows [r_lo, r_hi) of the (b, c) job (of its g nq query rows): R = r_hi - r_lo. scratch: [(R + 16) T + R] floats.
 template <typename Lanes>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void attend_kv_head(
     const typename Lanes::T* q, const typename Lanes::T* k, const typename Lanes::T* v, const typename Lanes::T* mask,
-    const AttentionShape& a, int64_t b, int64_t c, typename Lanes::T* out, std::vector<float>& scratch) {
+    const AttentionShape& a, int64_t b, int64_t c, int64_t r_lo, int64_t r_hi, typename Lanes::T* out,
+    std::vector<float>& scratch) {
   using T = typename Lanes::T;
   constexpr int L = Lanes::L;
-  const int64_t g = a.H / a.Hkv, R = g * a.nq, T_ = a.T, D = a.D;
+  const int64_t g = a.H / a.Hkv, R = r_hi - r_lo, T_ = a.T, D = a.D;
   const T* kb = k + (b * a.Hkv + c) * a.S * D;
   const T* vb = v + (b * a.Hkv + c) * a.S * D;
   scratch.assign((R + ACCUMULATORS) * T_ + R, 0.f);
@@ -83,8 +87,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void attend_kv_h
   float* inv = p + (R + ACCUMULATORS) * T_;
   std::vector<T*> rows(R);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  for (int64_t r = 0; r < R; ++r) {  // row r: query head c g + r / nq at step t = r % nq
-    const int64_t h = c * g + r / a.nq, t = r % a.nq;
+  for (int64_t r = 0; r < R; ++r) {  // job row j = r_lo + r: query head c g + j / nq at step t = j % nq
+    const int64_t h = c * g + (r_lo + r) / a.nq, t = (r_lo + r) % a.nq;
     const T* qr = q + b * a.q_b + t * a.q_t + h * D;
     const T* mr = mask + (b * a.nq + t) * T_;
     rows[r] = out + ((b * a.nq + t) * a.H + h) * D;
@@ -135,14 +139,23 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void attend_kv_h
 template <typename Lanes>
 void attend(const typename Lanes::T* q, const typename Lanes::T* k, const typename Lanes::T* v,
             const typename Lanes::T* mask, const AttentionShape& a, typename Lanes::T* out) {
-  const int64_t jobs = a.B * a.Hkv;
-  // a second thread pays off once a job is more than a few microseconds of work
-  const bool parallel = jobs > 1 && a.nq * a.H * a.T * a.D >= (int64_t(1) << 15);
+  const int64_t heads = a.B * a.Hkv, R = a.H / a.Hkv * a.nq;
+  // a second thread pays off once the step is more than a few microseconds of work
+  const bool parallel = a.nq * a.H * a.T * a.D >= (int64_t(1) << 15);
+  const int64_t threads = parallel ? omp_get_max_threads() : 1;
+  // Fewer kv heads than 2 per thread (the demo model's 3 on 2 threads) leave a thread idle: split each head's rows
+  // into parts (of at least 4 rows; each part reads the head's K and V again, from cache). Rows are independent,
+  // so the split changes no result.
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(R / 4, (2 * threads + heads - 1) / heads));
 #pragma omp parallel if (parallel)
   {
     std::vector<float> scratch;
 #pragma omp for schedule(static)
-    for (int64_t j = 0; j < jobs; ++j) attend_kv_head<Lanes>(q, k, v, mask, a, j / a.Hkv, j % a.Hkv, out, scratch);
+    for (int64_t j = 0; j < heads * parts; ++j) {
+      const int64_t head = j / parts, part = j % parts;
+      attend_kv_head<Lanes>(q, k, v, mask, a, head / a.Hkv, head % a.Hkv, part * R / parts, (part + 1) * R / parts,
+                            out, scratch);
+    }
   }
 }
 #endif
