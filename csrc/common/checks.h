@@ -18,9 +18,12 @@ namespace rgd::checks {
 inline std::string dtype_name(at::ScalarType s) {
   switch (s) {
     case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
     case at::kHalf: return "float16";
     case at::kBFloat16: return "bfloat16";
     case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kBool: return "bool";
     default: return c10::toString(s);
   }
 }

@@ -1,7 +1,8 @@
 // decode_attention: the attention of a step's few query rows over the KV cache (DecoderStack's attention).
 //
 // For batch row b, step row t, query head h (kv head c = h / g, g = H / Hkv), over the used slots s < T:
-//   e_s = (q_bth . k_bcs) / sqrt(D) + mask[b, t, s],   out[b, t, h] = T( sum_s exp(e_s - max e) v_bcs / sum_s exp(e_s - max e) )
+//   e_s = (q_bth . k_bcs) / sqrt(D) + mask[b, t, s],
+//   out[b, t, h] = T( sum_s exp(e_s - max e) v_bcs / sum_s exp(e_s - max e) )
 // q . k summed in fp32 (bf16: VDPBF16PS, exact products summed pairwise), softmax and the weighted sum of V in fp32,
 // one rounding to T at the end. torch's CPU attention (flash attention) rounds the probabilities to T before
 // multiplying V, and sums in another order, so the two agree to T's rounding, not bit for bit.
@@ -33,16 +34,16 @@ namespace {
 using lanes::Bf16Lanes;
 using lanes::F32Lanes;
 
-constexpr int SLOTS = 16;      // slots per score block: one sum16
-constexpr int MAX_CHUNKS = 8;  // 16-lane column chunks per P V slice (128 columns)
+constexpr int SLOTS = 16;         // slots per score block: one sum16
+constexpr int MAX_CHUNKS = 8;     // 16-lane column chunks per P V slice (128 columns)
 constexpr int ACCUMULATORS = 16;  // P V accumulators: RB rows x NC chunks, with NC loaded V chunks in registers
 
 // out rows [r0, r0 + RB) (of R), columns [d0, d0 + 16 NC) clipped to D: sum_s p[r, s] v_s (p [R + RB, T], rows past
 // R zero) times inv[r].
 template <typename T, int NC>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void weighted_values(const float* p, const float* inv, const T* v,
-                                                                 int64_t R, int64_t T_, int64_t D, int64_t d0,
-                                                                 int64_t r0, T* const* rows) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void weighted_values(const float* p, const float* inv,
+                                                                          const T* v, int64_t R, int64_t T_, int64_t D,
+                                                                          int64_t d0, int64_t r0, T* const* rows) {
   constexpr int RB = ACCUMULATORS / NC;
   __m512 acc[RB][NC];
   for (int i = 0; i < RB; ++i)

@@ -143,7 +143,8 @@ class DecoderStack {
     TORCH_CHECK(mask.size(0) == B && mask.size(1) == 1 && mask.size(2) == nq && mask.size(3) == start + nq, kOp,
                 ": mask must have shape [", B, ", 1, ", nq, ", ", start + nq, "], got ", mask.sizes());
     TORCH_CHECK(mask.device().is_cpu() && mask.scalar_type() == dtype_, kOp, ": mask must be a CPU ",
-                checks::dtype_name(dtype_), " tensor, got ", checks::dtype_name(mask.scalar_type()), " on ", mask.device());
+                checks::dtype_name(dtype_), " tensor, got ", checks::dtype_name(mask.scalar_type()), " on ",
+                mask.device());
     if (dtype_ == at::kBFloat16) return run<BFloat16>(x, cos, sin, mask, kv, start);
     return run<float>(x, cos, sin, mask, kv, start);
   }

@@ -9,7 +9,8 @@
 // at about the plain read's rate. Work split: the N weight rows are cut into groups of 16; a group reads its
 // rows one after the other, front to back (one sequential stream: tiles that interleaved 2 - 4 rows reached two
 // thirds of the rate), prefetching a few KiB ahead into L2, each row against up to 8 x rows held in L1 (more
-// x rows: passes that read weight rows in pairs, see group_rows). OpenMP splits the groups. bf16: VDPBF16PS (32 bf16 products per instruction, summed pairwise in fp32).
+// x rows: passes that read weight rows in pairs, see group_rows). OpenMP splits the groups.
+// bf16: VDPBF16PS (32 bf16 products per instruction, summed pairwise in fp32).
 // fp32: VFMADD on 16 lanes. Each (n, m) sum is reduced across lanes at the end (sum16), so the summation order
 // differs from torch's.
 #include "kernels.h"
@@ -29,8 +30,7 @@ using lanes::Bf16Lanes;
 using lanes::F32Lanes;
 using lanes::sum16;
 
-constexpr int GROUP = 16;      // weight rows per group: one sum16 per x row
-constexpr int MAX_MT = 8;      // x rows of a one-pass group (one weight row at a time): 16 accumulators
+constexpr int GROUP = 16;       // weight rows per group: one sum16 per x row
 constexpr int MAX_MT_PAIR = 6;  // x rows per pass when weight rows go in pairs: 24 accumulators of 32 registers
 // Bytes ahead of the current weight load that each load prefetches into L2. The hardware prefetcher alone
 // fell behind once a cache line took more than a few cycles of arithmetic: with it, 8 x rows went from 14 to
@@ -102,8 +102,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void group(const typename
   }
 }
 
-// One group against x rows [0, M): up to MAX_MT rows in one pass that reads each weight row once, one at a
-// time; more rows in passes of at most MAX_MT_PAIR rows, sizes balanced (10 = 5 + 5), reading weight rows in
+// One group against x rows [0, M): up to 8 rows (16 accumulators) in one pass that reads each weight row once,
+// one at a time; more rows in passes of at most MAX_MT_PAIR rows, sizes balanced (10 = 5 + 5), reading weight rows in
 // pairs: the later passes re-read the group's rows from cache, and there the x loads that pairs halve bound the
 // time (10 rows: 10.0 -> 9.0 ms for a step's projections; at 8 rows one pass beat 4 + 4 paired).
 template <typename Lanes, typename Out>

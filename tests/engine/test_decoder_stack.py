@@ -115,6 +115,7 @@ def test_decoder_stack_rejects_bad_inputs_with_a_message_that_names_them(model_d
         "cos must have shape": dict(cos=torch.zeros(1, 1, 3)),
         "do not fit the cache": dict(start=5, mask=torch.zeros(1, 1, 1, 6)),
         "mask must have shape": dict(mask=torch.zeros(1, 1, 1, 4)),
+        "mask must be a CPU float32 tensor, got float64": dict(mask=torch.zeros(1, 1, 1, 5, dtype=torch.float64)),
         "kv must be": dict(kv=torch.zeros(2, 5)),
     }
     for message, change in bad.items():
