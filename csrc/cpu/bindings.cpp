@@ -95,6 +95,12 @@ void gather_score_select_out(const torch::Tensor& query, const torch::Tensor& em
   }
 }
 
+// The few-row kernels (small_linear, decode_attention) run only where small_linear_is_native(bf16).
+void require_native(const checks::OpArgs& a, bool bf16) {
+  TORCH_CHECK(rgd::cpu::small_linear_is_native(bf16), a.op(), ": this CPU lacks ",
+              bf16 ? "AVX-512 with AVX512-BF16" : "AVX-512F/BW/VL", " (see small_linear_is_native)");
+}
+
 // x [M, K], weight [N, K] (f32|bf16, the same), bias [N] of that dtype or None -> out [M, N] of that dtype.
 void small_linear_out(const torch::Tensor& x, const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
                       torch::Tensor out) {
@@ -108,8 +114,7 @@ void small_linear_out(const torch::Tensor& x, const torch::Tensor& weight, const
   if (bias) a.tensor(*bias, "bias", dtype, {N});
   a.tensor(out, "out", dtype, {M, N});
   const bool bf16 = dtype == at::kBFloat16;
-  TORCH_CHECK(rgd::cpu::small_linear_is_native(bf16), a.op(), ": this CPU lacks ",
-              bf16 ? "AVX-512 with AVX512-BF16" : "AVX-512F/BW/VL", " (see small_linear_is_native)");
+  require_native(a, bf16);
   if (M == 0 || N == 0) return;
   pybind11::gil_scoped_release no_gil;
   if (bf16) {
@@ -167,8 +172,7 @@ void decode_attention_out(const torch::Tensor& q, const torch::Tensor& k, const 
               Hkv, ")");
   TORCH_CHECK(T >= 1 && T <= S, a.op(), ": mask covers ", T, " slots; it must cover 1 to S = ", S);
   const bool bf16 = dtype == at::kBFloat16;
-  TORCH_CHECK(rgd::cpu::small_linear_is_native(bf16), a.op(), ": this CPU lacks ",
-              bf16 ? "AVX-512 with AVX512-BF16" : "AVX-512F/BW/VL", " (see small_linear_is_native)");
+  require_native(a, bf16);
   if (B == 0 || nq == 0 || H == 0 || D == 0) return;
   const rgd::cpu::AttentionShape shape{B, nq, H, Hkv, D, S, T, nq * H * D, H * D};
   pybind11::gil_scoped_release no_gil;

@@ -83,9 +83,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void attend_kv_h
   const int64_t g = a.H / a.Hkv, R = r_hi - r_lo, T_ = a.T, D = a.D;
   const T* kb = k + (b * a.Hkv + c) * a.S * D;
   const T* vb = v + (b * a.Hkv + c) * a.S * D;
-  scratch.assign((R + ACCUMULATORS) * T_ + R, 0.f);
-  float* p = scratch.data();  // [R + 16, T]: scores, then exp(e - max); rows past R stay 0
+  scratch.resize((R + ACCUMULATORS) * T_ + R);
+  float* p = scratch.data();  // [R + 16, T]: scores, then exp(e - max); the rows past R are zeros
   float* inv = p + (R + ACCUMULATORS) * T_;
+  std::fill(p + R * T_, inv, 0.f);  // the score rows are all written below
   std::vector<T*> rows(R);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   for (int64_t r = 0; r < R; ++r) {  // job row j = r_lo + r: query head c g + j / nq at step t = j % nq
