@@ -218,6 +218,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mixed-batch", type=int, default=8)
     p.add_argument("--swap-users", type=int, default=10_000)
     p.add_argument("--swap-repeats", type=int, default=1000)
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="engine-greedy and rgd-shared replay each step from a CUDA graph (rgd_engine/graph_step.py; "
+                        "on CPU the same static step runs without one)")
     p.add_argument("--scaling", action="store_true", help="also rgd-shared tokens/s vs k and vs batch")
     p.add_argument("--scaling-k", type=int, nargs="+", default=[1, 4, 10, 32])
     p.add_argument("--scaling-batch", type=int, nargs="+", default=[1, 4, 16])

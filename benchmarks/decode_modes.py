@@ -66,7 +66,7 @@ def hf_call(bench: Bench, batch: int):
 
 def engine_call(engine, prompts: list[list[int]], k: int = 1, bank=None, slots=None, weight: float = 0.0,
                 cond_prompts: list[list[int]] | None = None, **rule_cfg):
-    """rule_cfg: GenerationConfig fields of the scoring rule (rule, n_samples, block_size, seed)."""
+    """rule_cfg: more GenerationConfig fields (the scoring rule's: rule, n_samples, block_size, seed; cuda_graph)."""
     from rgd_engine import GenerationConfig
 
     guided = bank is not None or cond_prompts is not None
@@ -107,19 +107,20 @@ def run_hf_greedy(bench: Bench) -> dict:
 def run_engine_greedy(bench: Bench) -> dict:
     a, p = bench.args, bench.engine.policy
     kv = kv_bytes(p.config, a.batch, a.prompt_len + a.new_tokens + 1, p.dtype)  # capacity: +1 scratch slot
-    call = engine_call(bench.engine, bench.prompts[:a.batch])
+    call = engine_call(bench.engine, bench.prompts[:a.batch], cuda_graph=a.cuda_graph)
     return measure_mode(bench, "engine-greedy", call, kv)
 
 
 def run_rgd(bench: Bench, name: str, engine, batch: int, k: int, users: list[str], repeats: int | None = None,
-            first_token: bool = True) -> dict:
-    """Reward-guided decode of `batch` rows; row i uses users[i]. KV: every model in the stream holds P + N + k."""
+            first_token: bool = True, **rule_cfg) -> dict:
+    """Reward-guided decode of `batch` rows; row i uses users[i]. KV: every model in the stream holds P + N + k.
+    rule_cfg: more GenerationConfig fields (cuda_graph)."""
     a = bench.args
     bank = random_bank(engine, len(set(users)), a.seed)
     slots = bank.slots(users)
     models = [engine.policy] + ([engine.reward] if engine.reward is not None else [])
     kv = sum(kv_bytes(m.config, batch, a.prompt_len + a.new_tokens + k, m.dtype) for m in models)
-    call = engine_call(engine, bench.prompts[:batch], k=k, bank=bank, slots=slots, weight=a.weight)
+    call = engine_call(engine, bench.prompts[:batch], k=k, bank=bank, slots=slots, weight=a.weight, **rule_cfg)
     result = measure(name, call, batch=batch, new_tokens=a.new_tokens, args=a, device=bench.device, kv_formula=kv,
                      eos_ids=bench.eos_ids, first_token=first_token, repeats=repeats)
     result.update(k=k, users=len(set(users)))
@@ -128,7 +129,7 @@ def run_rgd(bench: Bench, name: str, engine, batch: int, k: int, users: list[str
 
 def run_rgd_shared(bench: Bench) -> dict:
     a = bench.args
-    return run_rgd(bench, "rgd-shared", bench.engine, a.batch, a.k, ["u0"] * a.batch)
+    return run_rgd(bench, "rgd-shared", bench.engine, a.batch, a.k, ["u0"] * a.batch, cuda_graph=a.cuda_graph)
 
 
 def run_rgd_separate(bench: Bench) -> dict:

@@ -12,6 +12,9 @@ downloaded), and on --model-dir when given (an HF model directory carried with t
   within the dtype's tolerance (TOL).
 - backends agree: the same ARGS decode (greedy, and sampled with a seed) with every kernel backend available on
   the device gives identical tokens (float32).
+- graph = eager (fast-forward models): `cuda_graph=True` decodes what the same static step decodes without a graph,
+  and in float32 what the default step decodes (`graph_equals_eager`). On CPU there is no graph: both sides run the
+  static step, so the dry run checks the harness only.
 Prints one line per check, writes every figure to --json, exits 1 if any check fails.
 """
 from __future__ import annotations
@@ -111,6 +114,38 @@ def backends_agree(engine, new_tokens: int) -> dict:
     return {"backends": names, "identical": all(r == first for r in runs.values())}
 
 
+def graph_equals_eager(engine, new_tokens: int) -> dict:
+    """cuda_graph=True (plain greedy and args) against the same static step run without a graph (identical tokens
+    required in every dtype: the replay repeats the recorded kernels) and against the default step (identical in
+    float32; reported in half precision, where attending over the whole cache rounds differently). Stop strings end
+    rows at different steps, so the shrunk batch's new graph runs too."""
+    from unittest import mock
+
+    from rgd_engine import graph_step
+
+    bank = _bank(engine, seed=2)
+    cases = {"greedy": {}, "args": dict(users=["a", None, "a", "a"], heads=bank, k=4, weight=1.0)}
+    out = {}
+    for case, kw in cases.items():
+        for finish, extra in (("full", dict(ignore_eos=True)), ("stop", dict(stop=tuple("aeiost")))):
+            def tokens(**more):
+                # the warm-up, the recording, replays; long enough for stop strings to end rows at different steps
+                gens = engine.generate(PROMPTS, max_new_tokens=max(new_tokens, 12), **kw, **extra, **more)
+                return [g.token_ids for g in gens]
+
+            graphed = tokens(cuda_graph=True)
+            with mock.patch.object(graph_step._Replay, "__call__", lambda self: self.fn()):
+                static = tokens(cuda_graph=True)
+            default = tokens()
+            out[f"{case}/{finish}"] = {"rows": len(PROMPTS), "same_as_static": sum(map(list.__eq__, graphed, static)),
+                                       "same_as_default": sum(map(list.__eq__, graphed, default)),
+                                       "lengths": [len(t) for t in graphed]}
+    exact = engine.policy.dtype == torch.float32
+    ok = all(r["same_as_static"] == r["rows"] and (not exact or r["same_as_default"] == r["rows"])
+             for r in out.values())
+    return {"cases": out, "required": "graph = static step" + (" = default step" if exact else ""), "ok": ok}
+
+
 def run(device: str, dtypes: list[str], model_dirs: dict[str, Path], new_tokens: int) -> dict:
     from rgd_engine import Engine
     from rgd_engine.models import load_causal_lm, parse_dtype
@@ -128,8 +163,10 @@ def run(device: str, dtypes: list[str], model_dirs: dict[str, Path], new_tokens:
             if dtype == torch.float32:
                 b = backends_agree(engine, new_tokens)
                 entry["backends_agree"] = {**b, "ok": b["identical"]}
+            if engine.policy.forward_kind == "fast":
+                entry["graph_equals_eager"] = graph_equals_eager(engine, new_tokens)
             entry["seconds"] = round(time.perf_counter() - t0, 2)
-            for check in ("greedy_equals_hf", "tree_rewards", "backends_agree"):
+            for check in ("greedy_equals_hf", "tree_rewards", "backends_agree", "graph_equals_eager"):
                 if check in entry:
                     ok = entry[check]["ok"]
                     print(f"{'ok  ' if ok else 'FAIL'} {name:16s} {dtype_name:9s} {check:17s} "

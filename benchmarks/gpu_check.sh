@@ -2,10 +2,12 @@
 # The one GPU check for a lent H100/H200 (sm_90), self-contained and offline:
 #   1. environment (torch must see the GPU)            4. engine parity on CUDA (benchmarks/engine_check.py):
 #   2. build both extensions in place (setup.py)          greedy = HF, tree-mask rewards = recomputation,
-#   3. kernel parity, sampling and triton-settings        backend equivalence, float16 / bfloat16 tolerances
-#      tests on CUDA (cuda, triton, torch backends)    5. kernel timings (benchmarks/kernels.py)
+#   3. kernel parity, sampling and triton-settings        backend equivalence, float16 / bfloat16 tolerances,
+#      tests on CUDA (cuda, triton, torch backends)       the CUDA-graph step = the same step without a graph
+#                                                      5. kernel timings (benchmarks/kernels.py)
 #                                                      6. decode benchmark on the tests' tiny model and on a
-#                                                         real model directory when one travels with the tree
+#                                                         real model directory when one travels with the tree,
+#                                                         then engine-greedy and rgd-shared with --cuda-graph
 # Writes ONE JSON, $OUT/gpu_check.json (every step's status, seconds, log tail and results), plus the full log
 # $OUT/gpu_check.log; prints a summary. Budget: <= 8 minutes (per-step timeouts below add up to 480 s).
 #
@@ -66,7 +68,7 @@ step() {
   echo "{\"name\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" >> "$WORK/steps.jsonl"
 }
 
-step env 30 "$PY" - "$DEVICE" <<'PY'
+step env 20 "$PY" - "$DEVICE" <<'PY'
 import shutil, sys, torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 if sys.argv[1] == "cuda":
@@ -81,17 +83,17 @@ nvidia-smi > "$WORK/nvidia-smi.log" 2>&1 || true
 if [ "$DRY" = 1 ]; then  # CI has built the C++ extension already; a dry run only checks that it imports
   step build 30 "$PY" -c "import torch, rgd_engine._C; print('rgd_engine._C', rgd_engine._C.__file__)"
 else
-  step build 200 sh -c "'$PY' setup.py build_ext --inplace && '$PY' -c 'import torch, rgd_engine._C, rgd_engine._C_cuda'"
+  step build 165 sh -c "'$PY' setup.py build_ext --inplace && '$PY' -c 'import torch, rgd_engine._C, rgd_engine._C_cuda'"
 fi
 
-step kernel_tests 120 env RGD_TEST_DEVICE="$DEVICE" RGD_REQUIRE_EXT=1 "$PY" -m pytest -q -p no:cacheprovider \
+step kernel_tests 90 env RGD_TEST_DEVICE="$DEVICE" RGD_REQUIRE_EXT=1 "$PY" -m pytest -q -p no:cacheprovider \
   "${TESTS[@]}" --junitxml="$WORK/kernel_tests.xml" --durations=5
 
-step engine_check 60 "$PY" -m benchmarks.engine_check --device "$DEVICE" --dtypes "${DTYPES[@]}" "${ENGINE[@]}" \
+step engine_check 75 "$PY" -m benchmarks.engine_check --device "$DEVICE" --dtypes "${DTYPES[@]}" "${ENGINE[@]}" \
   --json "$WORK/engine_check.json" ${MODEL_DIR:+--model-dir "$MODEL_DIR"}
 
 if [ "$DRY" = 0 ]; then
-  step kernels 40 "$PY" -m benchmarks.kernels --device cuda --json "$WORK/kernels.json"
+  step kernels 30 "$PY" -m benchmarks.kernels --device cuda --json "$WORK/kernels.json"
 fi
 
 "$PY" - "$WORK/tiny" <<'PY'
@@ -104,9 +106,15 @@ save_tiny(Path(sys.argv[1]) / "llama", "llama", seed=1, tokenizer=tok)
 PY
 step decode_tiny 30 "$PY" -m benchmarks.decode --device "$DEVICE" --model "$WORK/tiny/llama" "${DECODE[@]}" \
   --json "$WORK/decode_tiny/decode.json"
+step decode_tiny_graph 20 "$PY" -m benchmarks.decode --device "$DEVICE" --model "$WORK/tiny/llama" "${DECODE[@]}" \
+  --cuda-graph --modes engine-greedy rgd-shared --json "$WORK/decode_tiny_graph/decode.json"
 if [ -n "$MODEL_DIR" ]; then
+  MODEL_DTYPE="$([ "$DRY" = 1 ] && echo float32 || echo bfloat16)"
   step decode_model 30 "$PY" -m benchmarks.decode --device "$DEVICE" --model "$MODEL_DIR" \
-    --dtype "$([ "$DRY" = 1 ] && echo float32 || echo bfloat16)" "${DECODE[@]}" --json "$WORK/decode_model/decode.json"
+    --dtype "$MODEL_DTYPE" "${DECODE[@]}" --json "$WORK/decode_model/decode.json"
+  step decode_model_graph 20 "$PY" -m benchmarks.decode --device "$DEVICE" --model "$MODEL_DIR" \
+    --dtype "$MODEL_DTYPE" "${DECODE[@]}" --cuda-graph --modes engine-greedy rgd-shared \
+    --json "$WORK/decode_model_graph/decode.json"
 fi
 
 "$PY" - "$WORK" "$OUT/gpu_check.json" "$DEVICE" "$DRY" "$MODEL_DIR" <<'PY'
@@ -123,8 +131,8 @@ junit = work / "kernel_tests.xml"
 if junit.exists():
     suite = ET.parse(junit).getroot().find("testsuite")
     report["kernel_tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-for name, path in (("engine_check", "engine_check.json"), ("kernels", "kernels.json"),
-                   ("decode_tiny", "decode_tiny/decode.json"), ("decode_model", "decode_model/decode.json")):
+for name in ("engine_check", "kernels", "decode_tiny", "decode_tiny_graph", "decode_model", "decode_model_graph"):
+    path = f"{name}.json" if name in ("engine_check", "kernels") else f"{name}/decode.json"
     if (work / path).exists():
         report[name] = json.loads((work / path).read_text())
 report["ok"] = all(s["ok"] for s in steps)

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backend", default=None, help="kernel backend (default: $RGD_BACKEND or auto)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay each greedy step (plain, or args on the shared trunk) from a CUDA graph")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the bare continuation")
     p.add_argument("--debug", action="store_true",
                    help="print the traceback of an error (also with the environment variable RGD_DEBUG=1)")
@@ -86,7 +88,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise GenerationInputError("--context goes with --rule logratio (and logratio needs it)")
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), k=args.k, weight=args.weight,
                            sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           seed=args.seed, rule=args.rule, n_samples=args.samples, block_size=args.block_size)
+                           seed=args.seed, rule=args.rule, n_samples=args.samples, block_size=args.block_size,
+                           cuda_graph=args.cuda_graph)
     gen.validate()  # before loading any model
     check_text(args.prompt, "--prompt")
     if args.context is not None:

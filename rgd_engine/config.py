@@ -85,6 +85,9 @@ class GenerationConfig(_JSONMixin):
     # (a host read is free there and an early exit saves forwards), every 8 on GPU (each read stalls the stream).
     # Outputs do not depend on it; a larger value may run up to sync_every - 1 steps past the last finished row.
     sync_every: int | None = None
+    # Replay each greedy step (plain, or args on the shared trunk) from a CUDA graph: static shapes, one launch per
+    # step (rgd_engine/graph_step.py). On CPU the same static step runs without a graph (slower; for tests).
+    cuda_graph: bool = False
 
     def validate(self) -> None:
         """Raise GenerationInputError naming the first field outside its accepted range (bounds: MAX_K etc. above).
@@ -106,9 +109,13 @@ class GenerationConfig(_JSONMixin):
         _integer("block_size", self.block_size, 1)
         if self.sync_every is not None:
             _integer("sync_every", self.sync_every, 1)
-        for name in ("sample", "return_scores", "ignore_eos"):
+        for name in ("sample", "return_scores", "ignore_eos", "cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise GenerationInputError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.cuda_graph and (self.sample or self.rule != "args"):
+            got = "sample=True" if self.sample else f"rule {self.rule!r}"
+            raise GenerationInputError(f"cuda_graph: only greedy steps of plain decoding and of the args rule have a "
+                                       f"graph (rgd_engine/graph_step.py); got {got}")
         if isinstance(self.stop, (str, bytes)) or not isinstance(self.stop, (tuple, list)):
             raise GenerationInputError(f"stop must be a tuple of strings, got {self.stop!r}")
         for i, s in enumerate(self.stop):

@@ -20,6 +20,8 @@ import torch
 
 from .bon_block import generate_bon_block
 from .config import GenerationConfig
+from .errors import GenerationInputError
+from .graph_step import GraphedArgs, GraphedPlain, unsupported_reason
 from .heads import HeadBank, TokenHeadBank
 from .kernels import GREEDY, SAMPLE, gather_score_select, lmhead_topk, score_select
 from .kernels.dispatch import check_slots
@@ -69,6 +71,10 @@ class Decoder:
             # so a user added while this call runs cannot invalidate the slots.
             check_slots(slots, bank.capacity, "slots")
         weights = torch.full((B,), float(cfg.weight), device=dev) if weights is None else weights.to(dev).float()
+        if cfg.cuda_graph:
+            reason = unsupported_reason(self.policy, self.reward is not None)
+            if reason is not None:
+                raise GenerationInputError(f"cuda_graph: {reason}")
         if cfg.rule == "bon-block":
             return generate_bon_block(self, prompts, cfg, bank, slots, weights, users, prompt_cache)
         if cfg.rule == "logratio":
@@ -81,7 +87,10 @@ class Decoder:
         capacity = ids.shape[1] + cfg.max_new_tokens + (k if guided and cfg.rule == "args" else 1)
         policy = open_stream(self.policy, prompts, ids, pad_mask, capacity, prompt_cache)
         gen = new_generator(cfg.seed, dev)
-        if not guided:
+        if cfg.cuda_graph:  # rgd_engine/graph_step.py
+            step = GraphedPlain(self, policy, cfg) if not guided else \
+                GraphedArgs(self, policy, bank, slots, weights, k, cfg)
+        elif not guided:
             step = _Plain(self, policy, cfg, gen)
         elif cfg.rule == "args":
             rm = Stream(self.reward, ids, pad_mask, capacity) if self.reward is not None else None

@@ -44,7 +44,8 @@ class KVCache:
             self.kv = torch.zeros(int(config.num_hidden_layers), 2, batch, int(config.num_key_value_heads),
                                   capacity, head_dim, dtype=dtype, device=device)
 
-    def _need(self, q: int):
+    def check_room(self, q: int):
+        """Raise unless q more slots fit after the committed ones."""
         if self.length + q > self.capacity:
             raise RuntimeError(f"KV cache overflow: {self.length} + {q} slots > capacity {self.capacity}")
 
@@ -57,7 +58,7 @@ class KVCache:
         B, P = pad_mask.shape
         if self.length:
             raise RuntimeError("prefill_mask is for the first forward into an empty cache")
-        self._need(P)
+        self.check_room(P)
         T = self._width(P)
         causal = self._arange[None, :T] <= self._arange[:P, None]  # [P, T]
         real = torch.zeros(B, T, dtype=torch.bool, device=pad_mask.device)
@@ -73,7 +74,7 @@ class KVCache:
 
         q = 1 is an ordinary decode step; q = k is a depth-1 candidate tree. -> [B, 1, q, T]
         """
-        self._need(q)
+        self.check_room(q)
         T = self._width(q)
         mask = self._bias[:, None, :T].repeat(1, q, 1)  # [B, q, T]; scratch slots are still masked
         own = torch.arange(q, device=mask.device)
@@ -106,6 +107,37 @@ class KVCache:
                 if q > 1:  # the next write lands right after the kept token. Never crop(0): in HF's cache
                     layer.crop(-(q - 1))  # layers a non-negative crop keeps the first n tokens (0 = none)
         self._bias[:, self.length] = 0
+        self.length += 1
+
+    # -- static shapes (rgd_engine/graph_step.py) --------------------------------------------------------------
+    # A CUDA graph replays fixed shapes and addresses, so these take the length as a device scalar `length` (0-dim
+    # int64) that the graphed step advances itself, and cover the whole capacity S. They leave the host's
+    # `self.length` to the caller (`host_commit`), since a replay runs no Python.
+    def static_mask(self, length: torch.Tensor, q: int) -> torch.Tensor:
+        """tree_mask over the whole capacity: -> [B, 1, q, S]; query i sees the committed slots [0, length) that
+        are not padding, and its own slot length + i."""
+        committed = self._bias.masked_fill(self._arange >= length, self._neg)  # [B, S]
+        own = self._arange[None, :] == length + self._arange[:q, None]  # [q, S]
+        return committed[:, None, :].masked_fill(own[None], 0).unsqueeze(1)
+
+    def static_slots(self, length: torch.Tensor, q: int) -> torch.Tensor:
+        """-> [q] int64: the slots length + [0, q) that q new tokens are written at."""
+        return length + self._arange[:q]
+
+    def static_commit(self, chosen: torch.Tensor, length: torch.Tensor):
+        """commit(chosen, q) at the device length: candidate chosen[b] (written at slot length + chosen[b]) moves
+        to slot `length`, which joins the prefix. chosen [B] int64. Tensor storage only (the fast forward's)."""
+        rows = self._arange[:chosen.shape[0]]
+        kept = self.kv[:, :, rows, :, length + chosen]  # [B, L, 2, Hkv, D] (advanced indices first)
+        self.kv.index_copy_(4, length.view(1), kept.permute(1, 2, 0, 3, 4).unsqueeze(4))
+        self.mark_committed(length)
+
+    def mark_committed(self, length: torch.Tensor):
+        """Slot `length` (device scalar) holds a real token now: later masks let every row see it."""
+        self._bias.index_fill_(1, length.view(1), 0)
+
+    def host_commit(self):
+        """A static step committed one token at the device length: the host's length follows (no device read)."""
         self.length += 1
 
     def select_rows(self, index: torch.Tensor):

@@ -99,6 +99,14 @@ class CausalLM:
         return out.last_hidden_state
 
     @torch.inference_mode()
+    def forward_static(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache,
+                       slots: torch.Tensor) -> torch.Tensor:
+        """`forward` at shapes that do not change from step to step (fast forward only; rgd_engine/graph_step.py):
+        mask [B, 1, q, S] over the cache's whole capacity (`cache.static_mask`), new K/V written at the device
+        slots `slots` [q] int64 -> hidden [B, q, d]."""
+        return self.fast.forward_static(ids, positions, mask, cache.kv, slots)
+
+    @torch.inference_mode()
     def masked_forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One cache-free HF forward under a custom mask, e.g. a teacher-forced candidate tree.
 

@@ -164,20 +164,46 @@ class FastLlama:
         """ids [B, q] int64, positions [B, q] int64, mask [B, 1, q, start + q] additive over the used slots,
         kv [L, 2, B, Hkv, S, D] the cache, new K/V written at slots [start, start + q) -> hidden [B, q, d]."""
         B, nq = ids.shape
-        H, Hkv, D, end = self.n_heads, self.n_kv, self.head_dim, start + ids.shape[1]
         x = self.base.embed_tokens(ids)  # [B, q, d]
         cos, sin = self.base.rotary_emb(x, positions)  # [B, q, D] each
         if self.few_row_kernels and B * nq <= SMALL_M:
             return self.stack.forward(x, cos.contiguous(), sin.contiguous(), mask, kv, start)
+        return self._layers(x, cos, sin, mask, kv, slice(start, start + nq), start + nq)
+
+    def forward_static(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor,
+                       slots: torch.Tensor) -> torch.Tensor:
+        """The same maths at shapes that stay the same from step to step, for a CUDA graph (rgd_engine/graph_step.py):
+        ids [B, q], positions [B, q], mask [B, 1, q, S] additive over the cache's whole capacity S, new K/V written at
+        the cache slots `slots` [q] int64 (a device tensor: no host read) -> hidden [B, q, d].
+        Always torch's ops: the C++ stack takes its slots from the host."""
+        x = self.base.embed_tokens(ids)  # [B, q, d]
+        cos, sin = self.base.rotary_emb(x, positions)  # [B, q, D] each
+        return self._layers(x, cos, sin, mask, kv, slots, kv.shape[4])
+
+    def _layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor,
+                slots: slice | torch.Tensor, width: int) -> torch.Tensor:
+        """x [B, q, d], cos/sin [B, q, D], mask [B, 1, q, width]; new K/V written at `slots` (a slice, or a [q] device
+        tensor), attention over cache slots [0, width) -> final-norm hidden [B, q, d]."""
+        B, nq = x.shape[:2]
+        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, q, 1, D]: broadcast over heads
         for i, w in enumerate(self.layers):
             qkv = F.linear(rms_norm(x, w.norm1, self.eps), w.w_qkv, w.b_qkv).view(B, nq, H + 2 * Hkv, D)
             qk = rope(qkv[:, :, :H + Hkv], cos, sin)  # [B, q, H + Hkv, D]: Q and K rotated together
             k_cache, v_cache = kv[i, 0], kv[i, 1]  # [B, Hkv, S, D]
-            k_cache[:, :, start:end] = qk[:, :, H:].transpose(1, 2)
-            v_cache[:, :, start:end] = qkv[:, :, H + Hkv:].transpose(1, 2)
-            a = attend(qk[:, :, :H].transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end], mask)
+            _write(k_cache, slots, qk[:, :, H:].transpose(1, 2))
+            _write(v_cache, slots, qkv[:, :, H + Hkv:].transpose(1, 2))
+            a = attend(qk[:, :, :H].transpose(1, 2), k_cache[:, :, :width], v_cache[:, :, :width], mask)
             x = x + F.linear(a, w.w_o, w.b_o)
             gate, up = F.linear(rms_norm(x, w.norm2, self.eps), w.w_gate_up).split(self.intermediate, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w.w_down)
         return rms_norm(x, self.base.norm.weight, self.eps)
+
+
+def _write(cache: torch.Tensor, slots: slice | torch.Tensor, new: torch.Tensor) -> None:
+    """cache [B, Hkv, S, D] <- new [B, Hkv, q, D] at `slots`: a slice (the step's host-known slots) or a [q] device
+    tensor (the static step's, whose slot is the device's cache length)."""
+    if isinstance(slots, slice):
+        cache[:, :, slots] = new
+    else:
+        cache.index_copy_(2, slots, new)

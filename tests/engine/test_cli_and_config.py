@@ -32,6 +32,11 @@ def test_cli_json_plain_and_guided(tiny_dirs, capsys, tmp_path):
     assert len(plain["token_ids"]) == 6 and plain["token_ids"] != guided["token_ids"]
     assert main(base) == 0
     assert capsys.readouterr().out == plain["text"] + "\n"
+    for extra in ([], ["--heads", str(bank_path), "--user", "alice", "-k", "5", "-w", "2"]):
+        assert main(base + ["--json", "--cuda-graph"] + extra) == 0  # the static step, on CPU without a graph
+        assert json.loads(capsys.readouterr().out)["token_ids"] == (guided if extra else plain)["token_ids"]
+    assert main(base + ["--cuda-graph", "--sample", "--seed", "0"]) == 2
+    assert "cuda_graph: only greedy steps" in capsys.readouterr().err
 
 
 def test_cli_errors_name_the_problem(tiny_dirs, capsys, tmp_path):

@@ -242,7 +242,7 @@ def test_generation_config_rejects_each_bad_field():
     cases = {"weight": [math.nan, math.inf, 2e6, "1"], "temperature": [math.nan, 0.0, -1.0, 1e-9, math.inf],
              "top_p": [math.nan, 0.0, 1.5], "k": [0, 1025, 2.0], "max_new_tokens": [0, -1, 3.5],
              "top_k": [-1], "seed": [-1, 2**64], "n_samples": [0, 10**6], "block_size": [0],
-             "stop": [("",), ("ok", 3), "\n"], "sample": ["yes"], "rule": ["nope"]}
+             "stop": [("",), ("ok", 3), "\n"], "sample": ["yes"], "rule": ["nope"], "cuda_graph": [1]}
     for field, values in cases.items():
         for v in values:
             with pytest.raises(GenerationInputError, match=field if field != "stop" else "stop"):
