@@ -154,3 +154,51 @@ def test_what_has_no_graphed_step_is_refused(tiny_dirs, load, case, message):
         engine, kw = Engine(load(tiny_dirs["llama"])), case
     with pytest.raises(GenerationInputError, match=f"cuda_graph: .*{message}"):
         engine.generate(PROMPTS[:1], max_new_tokens=2, cuda_graph=True, **kw)
+
+
+def test_replay_warms_up_then_records_then_replays(monkeypatch):
+    """_Replay's CUDA protocol with torch.cuda's stream and graph calls faked (no GPU here): the first call runs the
+    step for real on a side stream, the second records it inside torch.cuda.graph and replays the recording once (a
+    recording runs nothing), later calls only replay, and every call after the first returns the recorded outputs."""
+    log = []
+
+    class Graph:
+        def replay(self):
+            log.append("replay")
+
+    class Context:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            log.append(f"enter {self.name}")
+
+        def __exit__(self, *exc):
+            log.append(f"exit {self.name}")
+
+    class Stream:
+        def wait_stream(self, other):
+            log.append("wait")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: Context("side stream"))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: Context("graph"))
+    calls = []
+
+    def step():
+        calls.append(len(log))
+        log.append("step")
+        return f"out {len(calls)}"
+
+    replay = graph_step._Replay(step, torch.device("cuda"))
+    assert replay() == "out 1"
+    assert log == ["wait", "enter side stream", "step", "exit side stream", "wait"]
+    log.clear()
+    assert replay() == "out 2"  # what the recording returned: the buffers each replay overwrites
+    assert log == ["enter graph", "step", "exit graph", "replay"]
+    log.clear()
+    assert replay() == "out 2" and replay() == "out 2"
+    assert log == ["replay", "replay"] and len(calls) == 2
+    assert graph_step._Replay(step, torch.device("cpu"))() == "out 3"  # off CUDA: the step itself
