@@ -12,6 +12,8 @@ them s(v) = log pi(v) + w * r(v), then picks argmax (or samples softmax(s / tau)
 - `logratio` (PAD-style): r_u(v) = log pi_u(v) - log pi(v), pi_u = the policy conditioned on the user's profile
   in its prompt; a second KV cache of that prompt advances with every chosen token (`gather_score_select`).
 - `bon-block`: blockwise best-of-N, its own loop in bon_block.py.
+With `cuda_graph`, plain greedy and greedy args on the shared trunk run as static-shape steps replayed from a CUDA
+graph (graph_step.py) in the same loop.
 What every loop shares (prompts, streams, the generator, the finished rows) is in stream.py.
 """
 from __future__ import annotations
