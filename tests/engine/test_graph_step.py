@@ -202,3 +202,34 @@ def test_replay_warms_up_then_records_then_replays(monkeypatch):
     assert replay() == "out 2" and replay() == "out 2"
     assert log == ["replay", "replay"] and len(calls) == 2
     assert graph_step._Replay(step, torch.device("cpu"))() == "out 3"  # off CUDA: the step itself
+
+
+def test_a_bank_that_grows_mid_call_gets_a_new_graph(tiny_dirs, load, monkeypatch):
+    """At step 3 the bank grows past its capacity (new tensors) and user a's head is replaced in the new storage: the
+    graphed step must read the new tensors from then on, as the default step (which re-reads the bank every step) does.
+    A step still reading the old tensors would keep a's old head; the swap changes the tokens, so it would show."""
+    from rgd_engine import decoder
+
+    engine = Engine(load(tiny_dirs["llama"]))
+    d = engine.hidden_size
+
+    def run(cls, swap: bool, **kw):
+        kw = {**_guided(engine, ["a", "b", "a"]), **kw}
+        bank, steps = kw["heads"], []
+        select = cls.select
+
+        def counted(self):
+            steps.append(1)
+            if swap and len(steps) == 3:
+                bank.add("c", torch.zeros(d))  # the bank was full (a, b): it doubles
+                bank.replace("a", -3 * bank.head("a")[0], 0.0)
+            return select(self)
+
+        monkeypatch.setattr(cls, "select", counted)
+        out = [g.token_ids for g in engine.generate(PROMPTS[:3], max_new_tokens=8, ignore_eos=True, **kw)]
+        monkeypatch.setattr(cls, "select", select)
+        return out
+
+    swapped = run(graph_step.GraphedArgs, True, cuda_graph=True)
+    assert swapped == run(decoder._Args, True)
+    assert swapped != run(graph_step.GraphedArgs, False, cuda_graph=True)
