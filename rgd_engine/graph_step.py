@@ -2,7 +2,8 @@
 
 Why: at batch 1 a step of a small model launches some 25 kernels per layer (norms, projections, RoPE, cache writes,
 attention, MLP), each with microseconds of work; on a GPU the launches, not the arithmetic, set the step time. A CUDA
-graph records the step's launches once and replays them with one. A replay repeats the recorded kernels on the recorded memory, so the step must
+graph records the step's launches once and replays them with one. A replay repeats the recorded kernels on the
+recorded memory, so the step must
 - read nothing on the host (recording fails on a host read): the decode loop already reads tokens in blocks;
 - keep its shapes: attention spans the cache's whole capacity S under a mask (`KVCache.static_mask`), not the slots
   in use [0, T), and the new K/V go to slots named by a device scalar, the cache length, which the step advances;
