@@ -73,20 +73,39 @@ class _Replay:
         return self.out
 
 
-class GraphedPlain:
-    """Plain greedy decoding, one graphed step: forward the last chosen token, then top-1 of the LM head."""
+class _StaticStep:
+    """What both graphed steps hold: the policy's stream, the cache length as a device scalar, the rows' positions
+    [B], and the replay of `_step` (a new one whenever the buffers it reads are new)."""
 
     def __init__(self, dec, policy, cfg):
         self.lm, self.backend, self.policy = dec.policy, dec.backend, policy
         self.scores = cfg.return_scores
-        cache = policy.cache
-        # static state: the cache length as a device scalar, positions [B], the token to forward [B]
-        self.length = torch.tensor(cache.length, device=cache.kv.device)
-        self.pos = policy.next_pos.clone()
-        self.tokens = torch.zeros_like(self.pos)
+        self.length = torch.tensor(policy.cache.length, device=policy.cache.kv.device)
+        self.pos = policy.next_pos.clone()  # [B]
+
+    def _new_graph(self):
+        self.replay = _Replay(self._step, self.length.device)
+
+    def select_rows(self, index: torch.Tensor):
+        """Keep batch rows `index` [B'] (the decode loop drops finished rows): new buffers, so a new graph."""
+        self.policy.cache.select_rows(index)
+        self.pos = self.pos[index]
+        self._keep_rows(index)
+        self._new_graph()
+
+    def streams(self):
+        return [self.policy]
+
+
+class GraphedPlain(_StaticStep):
+    """Plain greedy decoding, one graphed step: forward the last chosen token, then top-1 of the LM head."""
+
+    def __init__(self, dec, policy, cfg):
+        super().__init__(dec, policy, cfg)
+        self.tokens = torch.zeros_like(self.pos)  # [B]: the token each step forwards
         logprob, ids, _ = lmhead_topk(policy.last_hidden, self.lm.lm_head_weight, 1, backend=self.backend)
         self.next = ids[:, 0], logprob[:, 0]  # the first token comes from the prefill's last state
-        self.replay = _Replay(self._step, self.length.device)
+        self._new_graph()
 
     def _step(self):
         """Device work of one step -> the next token [B] and its logprob [B]."""
@@ -110,34 +129,24 @@ class GraphedPlain:
         self.next = self.replay()
         self.policy.cache.host_commit()
 
-    def select_rows(self, index: torch.Tensor):
-        """Keep batch rows `index` [B'] (the decode loop drops finished rows): new buffers, so a new graph."""
-        self.policy.cache.select_rows(index)
-        self.pos, self.tokens = self.pos[index], self.tokens[index]
+    def _keep_rows(self, index: torch.Tensor):
+        self.tokens = self.tokens[index]
         self.next = tuple(t[index] for t in self.next)
-        self.replay = _Replay(self._step, self.length.device)
-
-    def streams(self):
-        return [self.policy]
 
 
-class GraphedArgs:
+class GraphedArgs(_StaticStep):
     """Greedy ARGS on the shared trunk, one graphed step: the policy's top-k, their depth-1 tree forward, the heads'
     scores (`score_select`), and the commit of the chosen candidate, whose state is the next step's."""
 
     def __init__(self, dec, policy, bank, slots, weights, k: int, cfg):
-        self.lm, self.backend, self.policy = dec.policy, dec.backend, policy
+        super().__init__(dec, policy, cfg)
         self.bank, self.slots, self.weights, self.k = bank, slots, weights, k
-        self.scores = cfg.return_scores
-        cache = policy.cache
-        self.length = torch.tensor(cache.length, device=cache.kv.device)
-        self.pos = policy.next_pos.clone()  # [B]
         self.hidden = policy.last_hidden.clone()  # [B, d]
         self._new_graph()
 
     def _new_graph(self):
         self.heads = (self.bank.W, self.bank.b)  # the tensors the graph reads; a grown bank has new ones
-        self.replay = _Replay(self._step, self.length.device)
+        super()._new_graph()
 
     def _step(self):
         """Device work of one step -> the chosen token [B] and the step's scores."""
@@ -169,12 +178,6 @@ class GraphedArgs:
     def advance(self, tokens):
         """Nothing: the step committed its chosen candidate (shared trunk)."""
 
-    def select_rows(self, index: torch.Tensor):
-        """Keep batch rows `index` [B'] (the decode loop drops finished rows): new buffers, so a new graph."""
-        self.policy.cache.select_rows(index)
-        self.pos, self.hidden = self.pos[index], self.hidden[index]
+    def _keep_rows(self, index: torch.Tensor):
+        self.hidden = self.hidden[index]
         self.slots, self.weights = self.slots[index], self.weights[index]
-        self._new_graph()
-
-    def streams(self):
-        return [self.policy]
