@@ -4,9 +4,10 @@
 
 On the tests' tiny random models (Llama: the fast forward; GPT-2: the HF forward), built here (nothing is
 downloaded), and on --model-dir when given (an HF model directory carried with the working tree):
-- greedy = HF: greedy decoding with no reward against HF `generate(do_sample=False)` in the same dtype. float32:
-  token-identical. float16 / bfloat16: identical rows are reported; required is that each row's first token is
-  HF's argmax up to the dtype's rounding of the logits (LOGIT_TOL; after one flipped near-tie a row diverges).
+- greedy = HF: greedy decoding with no reward against HF `generate(do_sample=False)` in the same dtype, both
+  stopping at EOS. float32: token-identical. float16 / bfloat16: identical rows are reported; required is that each
+  row's first token is HF's argmax up to the dtype's rounding of the logits (LOGIT_TOL; after one flipped near-tie
+  a row diverges).
 - tree rewards = recomputation: ARGS with per-step scores; every candidate's reward from the depth-1 tree-mask
   forward against r_u recomputed by a whole-sequence forward of prompt + generated + candidate, same dtype,
   within the dtype's tolerance (TOL).
@@ -57,12 +58,14 @@ def _bank(engine, seed: int = 0, scale: float = 3.0):
 @torch.inference_mode()
 def greedy_equals_hf(engine, new_tokens: int) -> dict:
     tok, hf, dev = engine.tokenizer, engine.policy.hf_model, engine.policy.device
-    got = [g.token_ids for g in engine.generate(PROMPTS, max_new_tokens=new_tokens, ignore_eos=True)]
+    # Both sides stop at EOS: HF's min_new_tokens would mask EOS out where the engine's ignore_eos keeps it
+    # (a random model's rows do reach EOS).
+    got = [g.token_ids for g in engine.generate(PROMPTS, max_new_tokens=new_tokens)]
     want, first_ok = [], 0
     for p, row in zip(PROMPTS, got):  # one row at a time: no padding question on the HF side
         ids = torch.tensor([engine.encode(p)], device=dev)
         out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens, pad_token_id=tok.pad_token_id)
+                          pad_token_id=tok.pad_token_id)
         want.append(out[0, ids.shape[1]:].tolist())
         logits = hf(input_ids=ids).logits[0, -1].float()  # [V] in the model's dtype, widened
         top = float(logits.max())

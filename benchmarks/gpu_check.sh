@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU check for a lent H100/H200 (sm_90), self-contained and offline:
 #   1. environment (torch must see the GPU)            4. engine parity on CUDA (benchmarks/engine_check.py):
-#   2. build both extensions in place (setup.py)          greedy = HF, tree-mask rewards = recomputation,
+#   2. carried wheels; build both extensions in place     greedy = HF, tree-mask rewards = recomputation,
 #   3. kernel parity, sampling and triton-settings        backend equivalence, float16 / bfloat16 tolerances,
 #      tests on CUDA (cuda, triton, torch backends)       the CUDA-graph step = the same step without a graph
 #                                                      5. kernel timings (benchmarks/kernels.py)
@@ -14,9 +14,13 @@
 #   benchmarks/gpu_check.sh             on the GPU machine
 #   benchmarks/gpu_check.sh --dry-run   on CPU with tiny settings and no build: CI runs it so the script cannot rot
 #
-# Nothing is downloaded: python3 (or $PYTHON) must already have torch (CUDA build), transformers, triton, pytest and
-# numpy; nvcc on PATH or in /usr/local/cuda/bin. The real model: $RGD_CHECK_MODEL (none = no real model), else the
-# first HF directory under .models/ (carry it with the working tree), else none.
+# Nothing is downloaded: python3 (or $PYTHON) must already have torch (CUDA build), triton, pytest and numpy; nvcc on
+# PATH or in /usr/local/cuda/bin. transformers must be >= MIN_TRANSFORMERS (setup.py's floor): wheels under .whl/ (or
+# $RGD_CHECK_WHEELS) are installed into a private folder first and shadow the interpreter's own packages. The real
+# model: $RGD_CHECK_MODEL (none = no real model), else the first HF directory under .models/, else none; a directory
+# without weights (a skeleton) gets seeded random weights of its shape first (benchmarks/shape_model.py).
+# benchmarks/gpu_prepare.sh writes both .whl/ and a skeleton of the demo model; the device call carries them:
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".models"], timeout_s=560)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -47,6 +51,8 @@ else
   DECODE=(--prompt-len 128 --new-tokens 32 --repeats 3
           --modes hf-greedy engine-greedy rgd-shared rgd-token rgd-logratio rgd-bon-block)
 fi
+MIN_TRANSFORMERS=5.24  # setup.py's floor (tests/benchmarks/test_gpu_check_dry_run.py keeps the two equal)
+WHEELS="${RGD_CHECK_WHEELS:-.whl}"
 MODEL_DIR="${RGD_CHECK_MODEL:-}"
 if [ "$MODEL_DIR" = none ]; then
   MODEL_DIR=""
@@ -54,6 +60,7 @@ elif [ -z "$MODEL_DIR" ]; then
   MODEL_DIR="$(dirname "$(ls -d .models/*/config.json 2>/dev/null | head -n 1)" 2>/dev/null || true)"
   [ "$MODEL_DIR" = "." ] && MODEL_DIR=""
 fi
+MODEL_SOURCE="$MODEL_DIR"
 
 # step NAME TIMEOUT_S CMD...: run with a timeout, log to $WORK/NAME.log, record its status and keep going.
 # A dry run gets 4x the limits: CI's 2 shared cores, not the GPU budget.
@@ -68,32 +75,53 @@ step() {
   echo "{\"name\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" >> "$WORK/steps.jsonl"
 }
 
-step env 20 "$PY" - "$DEVICE" <<'PY'
-import shutil, sys, torch
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  step deps 25 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" \
+    "$WHEELS"/*.whl
+  export PYTHONPATH="$PWD:$WORK/site${PYTHONPATH#"$PWD"}"
+fi
+
+step env 15 "$PY" - "$DEVICE" "$MIN_TRANSFORMERS" "$WORK/site" <<'PY'
+import importlib.metadata as md, shutil, sys, torch
+from pathlib import Path
+from packaging.version import Version
+device, floor, site = sys.argv[1], Version(sys.argv[2]), Path(sys.argv[3])
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
-if sys.argv[1] == "cuda":
+if device == "cuda":
     assert torch.version.cuda is not None, "this torch has no CUDA: install a CUDA build of torch first"
     assert torch.cuda.is_available(), "torch sees no GPU"
     print("device", torch.cuda.get_device_name(0), "nvcc", shutil.which("nvcc"))
+carried = sorted(f"{d.metadata['Name']} {d.version}" for d in md.distributions(path=[str(site)]))
+print("carried:", ", ".join(carried) if carried else "none")
 for mod in ("transformers", "triton", "pytest", "numpy"):
-    print(mod, __import__(mod).__version__)
+    m = __import__(mod)
+    print(mod, m.__version__, m.__file__)
+import transformers
+assert Version(transformers.__version__) >= floor, (
+    f"transformers {transformers.__version__} < {floor}: carry newer wheels (benchmarks/gpu_prepare.sh writes .whl/)")
 PY
 nvidia-smi > "$WORK/nvidia-smi.log" 2>&1 || true
 
 if [ "$DRY" = 1 ]; then  # CI has built the C++ extension already; a dry run only checks that it imports
   step build 30 "$PY" -c "import torch, rgd_engine._C; print('rgd_engine._C', rgd_engine._C.__file__)"
 else
-  step build 165 sh -c "'$PY' setup.py build_ext --inplace && '$PY' -c 'import torch, rgd_engine._C, rgd_engine._C_cuda'"
+  step build 150 sh -c "'$PY' setup.py build_ext --inplace && '$PY' -c 'import torch, rgd_engine._C, rgd_engine._C_cuda'"
 fi
 
-step kernel_tests 90 env RGD_TEST_DEVICE="$DEVICE" RGD_REQUIRE_EXT=1 "$PY" -m pytest -q -p no:cacheprovider \
+if [ -n "$MODEL_DIR" ] && ! compgen -G "$MODEL_DIR/*.safetensors" > /dev/null \
+    && ! compgen -G "$MODEL_DIR/*.bin" > /dev/null; then
+  step model 20 "$PY" -m benchmarks.shape_model materialize "$MODEL_DIR" "$WORK/$(basename "$MODEL_DIR")" --seed 0
+  MODEL_DIR="$WORK/$(basename "$MODEL_DIR")"
+fi
+
+step kernel_tests 80 env RGD_TEST_DEVICE="$DEVICE" RGD_REQUIRE_EXT=1 "$PY" -m pytest -q -p no:cacheprovider \
   "${TESTS[@]}" --junitxml="$WORK/kernel_tests.xml" --durations=5
 
-step engine_check 75 "$PY" -m benchmarks.engine_check --device "$DEVICE" --dtypes "${DTYPES[@]}" "${ENGINE[@]}" \
+step engine_check 70 "$PY" -m benchmarks.engine_check --device "$DEVICE" --dtypes "${DTYPES[@]}" "${ENGINE[@]}" \
   --json "$WORK/engine_check.json" ${MODEL_DIR:+--model-dir "$MODEL_DIR"}
 
 if [ "$DRY" = 0 ]; then
-  step kernels 30 "$PY" -m benchmarks.kernels --device cuda --json "$WORK/kernels.json"
+  step kernels 25 "$PY" -m benchmarks.kernels --device cuda --json "$WORK/kernels.json"
 fi
 
 "$PY" - "$WORK/tiny" <<'PY'
@@ -104,7 +132,7 @@ from tiny_models import make_tokenizer, save_tiny
 tok = make_tokenizer()
 save_tiny(Path(sys.argv[1]) / "llama", "llama", seed=1, tokenizer=tok)
 PY
-step decode_tiny 30 "$PY" -m benchmarks.decode --device "$DEVICE" --model "$WORK/tiny/llama" "${DECODE[@]}" \
+step decode_tiny 25 "$PY" -m benchmarks.decode --device "$DEVICE" --model "$WORK/tiny/llama" "${DECODE[@]}" \
   --json "$WORK/decode_tiny/decode.json"
 step decode_tiny_graph 20 "$PY" -m benchmarks.decode --device "$DEVICE" --model "$WORK/tiny/llama" "${DECODE[@]}" \
   --cuda-graph --modes engine-greedy rgd-shared --json "$WORK/decode_tiny_graph/decode.json"
@@ -117,16 +145,18 @@ if [ -n "$MODEL_DIR" ]; then
     --json "$WORK/decode_model_graph/decode.json"
 fi
 
-"$PY" - "$WORK" "$OUT/gpu_check.json" "$DEVICE" "$DRY" "$MODEL_DIR" <<'PY'
+"$PY" - "$WORK" "$OUT/gpu_check.json" "$DEVICE" "$DRY" "$MODEL_SOURCE" "$MODEL_DIR" <<'PY'
 import json, sys, xml.etree.ElementTree as ET
 from pathlib import Path
-work, out, device, dry, model_dir = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5]
+work, out, device, dry = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+model_source, model_dir = sys.argv[5], sys.argv[6]
 steps = [json.loads(line) for line in (work / "steps.jsonl").read_text().splitlines()]
 for s in steps:
     log = work / f"{s['name']}.log"
     s["log_tail"] = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
     s["ok"] = s["rc"] == 0
-report = {"device": device, "dry_run": dry, "model_dir": model_dir or None, "steps": steps}
+report = {"device": device, "dry_run": dry, "model_dir": model_source or None,
+          "model_random_weights": bool(model_source) and model_dir != model_source, "steps": steps}
 junit = work / "kernel_tests.xml"
 if junit.exists():
     suite = ET.parse(junit).getroot().find("testsuite")
