@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from packaging.version import Version
+
 from benchmarks import shape_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +61,9 @@ def test_gpu_check_dry_run_writes_one_passing_report(tmp_path):
     assert graph["config"]["params"]["cuda_graph"] and set(graph["results"]) == {"engine-greedy", "rgd-shared"}
 
 
-def test_the_check_asks_for_the_transformers_that_setup_py_requires():
+def test_the_check_asks_for_and_the_wheels_bring_the_transformers_that_setup_py_requires():
     floor = re.search(r'"transformers>=([0-9.]+)"', (ROOT / "setup.py").read_text()).group(1)
     assert re.search(r"^MIN_TRANSFORMERS=([0-9.]+)", (ROOT / "benchmarks" / "gpu_check.sh").read_text(),
                      re.M).group(1) == floor
+    pinned = re.search(r"\btransformers==([0-9.]+)", (ROOT / "benchmarks" / "gpu_prepare.sh").read_text()).group(1)
+    assert Version(pinned) >= Version(floor), f"gpu_prepare.sh carries transformers {pinned} < setup.py's {floor}"
