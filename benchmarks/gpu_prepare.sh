@@ -16,7 +16,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DEST="${1:-.whl}"
-PY="${PYTHON:-python3}"
+PY="${PYTHON:-python3}"  # the project's environment: the skeleton comes from the demo preset's converted directory
 PYV="${GPU_PY_VERSION:-3.12}"
 # The versions the CPU suite runs with. transformers' own needs that the image lacks or may hold too old: huggingface_hub
 # 2.x (image: 1.33) and its httpx2 stack, kernels and tomlkit (absent), regex >= 2025.10, typing_extensions >= 4.16.

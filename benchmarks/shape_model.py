@@ -17,8 +17,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
@@ -56,6 +54,7 @@ INIT_RANGE = 0.2
 def materialize(src: Path, dst: Path, seed: int = 0, init_range: float = INIT_RANGE) -> Path:
     """An HF directory at `dst` with src's config and tokenizer and weights drawn under `seed` (normal, std
     `init_range`, through the architecture's own initialisation)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (src / "config.json").is_file():
