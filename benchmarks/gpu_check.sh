@@ -21,6 +21,7 @@
 # without weights (a skeleton) gets seeded random weights of its shape first (benchmarks/shape_model.py).
 # benchmarks/gpu_prepare.sh writes both .whl/ and a skeleton of the demo model; the device call carries them:
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".models"], timeout_s=560)
+# Then, here: python -m benchmarks.gpu_report FILES_AT/gpu_check.json --md gpu_check.md (the README's tables).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from benchmarks import shape_model
+from benchmarks import gpu_report, shape_model
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_models
@@ -59,6 +59,30 @@ def test_gpu_check_dry_run_writes_one_passing_report(tmp_path):
     assert {"engine-greedy", "rgd-shared"} <= set(report["decode_tiny"]["results"])
     graph = report["decode_tiny_graph"]
     assert graph["config"]["params"]["cuda_graph"] and set(graph["results"]) == {"engine-greedy", "rgd-shared"}
+    _check_rendered_tables(report)
+
+
+def _rows(text: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith(f"| {first_cell} |")]
+
+
+def _check_rendered_tables(report: dict) -> None:
+    """benchmarks/gpu_report.py's tables hold the JSON's figures: every step's status, every check, and per decode
+    mode its ms/token, the graph run's ms/token and their ratio."""
+    text = gpu_report.render(report)
+    assert text.startswith("GPU check on cpu (dry run): all steps passed")
+    for s in report["steps"]:
+        assert _rows(text, s["name"]) == [[s["name"], "ok", str(s["seconds"])]]
+    for e in report["engine_check"]["results"]:
+        row = _rows(text, e["model"])
+        assert [r[1] for r in row] == ["float32"] and row[0][3].startswith("ok 4/4")
+    model_table = text.split("`decode_model`")[1]
+    for mode, r in report["decode_model"]["results"].items():
+        g = report["decode_model_graph"]["results"][mode]["ms_per_token_median"]
+        (row,) = _rows(model_table, mode)
+        assert float(row[3]) == round(r["ms_per_token_median"], 2) and float(row[8]) == round(g, 2)
+        assert float(row[9]) == round(r["ms_per_token_median"] / g, 2)
 
 
 def test_the_check_asks_for_and_the_wheels_bring_the_transformers_that_setup_py_requires():
