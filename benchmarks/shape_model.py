@@ -40,10 +40,6 @@ def skeleton(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-def has_weights(path: Path) -> bool:
-    return any(_is_weights(p) for p in path.iterdir() if p.is_file())
-
-
 # The config's own initializer_range (0.02 for SmolLM2) leaves a random 135M model's top two logits tied within
 # fp32 rounding (measured: smallest top-1 - top-2 gap 0.0000 over 32 positions), so a greedy parity check could
 # flip on a tie. 0.2, the tests' tiny models' setting, gives a smallest gap of 0.04 with every projection output
