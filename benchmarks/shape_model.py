@@ -5,8 +5,8 @@
 
 The device machine takes at most 64 MiB of working tree and reaches no network, so the demo model's 538 MB of fp32
 weights cannot travel. A skeleton (config.json, generation config, tokenizer and chat template: a few MB) can; on
-the machine, `materialize` builds the same architecture with weights drawn from the config's own initialisation
-under a fixed seed and saves an ordinary HF directory. Every tensor has the real model's shape and dtype, so weight
+the machine, `materialize` builds the same architecture with weights drawn by its own initialisation (at std
+INIT_RANGE) under a fixed seed and saves an ordinary HF directory. Every tensor has the real model's shape and dtype, so weight
 bytes, KV sizes and the decode step's kernels are the real ones; the tokens are not (random weights write noise).
 Decode benchmarks ignore EOS, so their speed does not depend on the weights' values.
 """
@@ -50,7 +50,7 @@ INIT_RANGE = 0.2
 def materialize(src: Path, dst: Path, seed: int = 0, init_range: float = INIT_RANGE) -> Path:
     """An HF directory at `dst` with src's config and tokenizer and weights drawn under `seed` (normal, std
     `init_range`, through the architecture's own initialisation)."""
-    import torch
+    import torch  # here, not at the top: `skeleton` runs in an interpreter without torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (src / "config.json").is_file():
