@@ -17,6 +17,10 @@ def _num(x, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "FAIL"
+
+
 def _steps(report: dict) -> list[str]:
     lines = ["| step | status | seconds |", "|---|---|---|"]
     for s in report["steps"]:
@@ -35,12 +39,11 @@ def _checks(report: dict) -> list[str]:
     for e in report.get("engine_check", {}).get("results", []):
         g, t = e["greedy_equals_hf"], e["tree_rewards"]
         b, c = e.get("backends_agree"), e.get("graph_equals_eager")
-        mark = lambda ok: "ok" if ok else "FAIL"  # noqa: E731
         lines.append(
-            f"| {e['model']} | {e['dtype']} | {e['forward']} | {mark(g['ok'])} {g['same_rows']}/{g['rows']}, "
-            f"{g['first_token_within_rounding']}/{g['rows']} | {mark(t['ok'])} {t['max_rel_err']:.1e} "
-            f"({t['tolerance']:g}) | {'-' if b is None else mark(b['ok']) + ' ' + ', '.join(b['backends'])} | "
-            f"{'-' if c is None else mark(c['ok'])} |")
+            f"| {e['model']} | {e['dtype']} | {e['forward']} | {_mark(g['ok'])} {g['same_rows']}/{g['rows']}, "
+            f"{g['first_token_within_rounding']}/{g['rows']} | {_mark(t['ok'])} {t['max_rel_err']:.1e} "
+            f"({t['tolerance']:g}) | {'-' if b is None else _mark(b['ok']) + ' ' + ', '.join(b['backends'])} | "
+            f"{'-' if c is None else _mark(c['ok'])} |")
     return lines
 
 
