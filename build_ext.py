@@ -6,14 +6,16 @@ Torch is needed at build time (its headers and BuildExtension), so install witho
 
 `rgd_engine._C` (C++17 + OpenMP, CPU) is always built. `rgd_engine._C_cuda` is built only when the
 installed torch has CUDA (`torch.version.cuda`) and `nvcc` is on PATH; no GPU is needed to build it.
-Set TORCH_CUDA_ARCH_LIST (e.g. "9.0") to choose the CUDA architectures.
+Set TORCH_CUDA_ARCH_LIST (e.g. "9.0") to choose the CUDA architectures, CUDA_HOME to choose the toolkit.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+DEFAULT_CUDA_HOME = Path("/usr/local/cuda")
 
 
 def _sources(folder: str, *suffixes: str) -> list[str]:
@@ -27,7 +29,31 @@ def cuda_buildable() -> bool:
     return torch.version.cuda is not None and shutil.which("nvcc") is not None
 
 
+def cuda_home() -> str:
+    """The CUDA toolkit folder (the one with include/cuda_runtime.h) for torch's CUDAExtension.
+
+    torch takes CUDA_HOME, else the folder above `which nvcc`'s bin/. Where nvcc on PATH is a wrapper script
+    (e.g. /usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc) that guess is /usr/local, which has no CUDA
+    headers, and the build stops at its first CUDA object with `cuda_runtime.h: No such file`; so look for the headers.
+    """
+    set_by_user = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if set_by_user:
+        return set_by_user
+    nvcc = shutil.which("nvcc")
+    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
+    candidates.append(DEFAULT_CUDA_HOME)
+    for home in candidates:
+        if (home / "include" / "cuda_runtime.h").is_file():
+            return str(home)
+    raise RuntimeError(
+        f"nvcc is on PATH ({nvcc}) but no CUDA toolkit with include/cuda_runtime.h was found in "
+        f"{', '.join(map(str, candidates))}: set CUDA_HOME to the toolkit's folder")
+
+
 def extension_modules():
+    if cuda_buildable():
+        # Before importing cpp_extension, which reads CUDA_HOME once at import.
+        os.environ["CUDA_HOME"] = cuda_home()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     # No -march=native (the build must run on any x86-64) and no -ffast-math (parity with the reference).

@@ -91,7 +91,8 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch
 if device == "cuda":
     assert torch.version.cuda is not None, "this torch has no CUDA: install a CUDA build of torch first"
     assert torch.cuda.is_available(), "torch sees no GPU"
-    print("device", torch.cuda.get_device_name(0), "nvcc", shutil.which("nvcc"))
+    import build_ext  # the toolkit folder the build will use; a wrong one fails here, not after the CPU build
+    print("device", torch.cuda.get_device_name(0), "nvcc", shutil.which("nvcc"), "cuda_home", build_ext.cuda_home())
 carried = sorted(f"{d.metadata['Name']} {d.version}" for d in md.distributions(path=[str(site)]))
 print("carried:", ", ".join(carried) if carried else "none")
 for mod in ("transformers", "triton", "pytest", "numpy"):
