@@ -60,4 +60,4 @@ PYTHON="$VPY" OUT="$DIR/out" bash benchmarks/gpu_check.sh --dry-run > "$DIR/dry_
 grep summary "$DIR/dry_run.log"
 
 echo "== the CPU suite"
-PYTHONPATH="$DIR/site" RGD_REQUIRE_EXT=1 "$VPY" -m pytest -q -p no:cacheprovider tests 2>&1 | tail -n 3
+PYTHONPATH="$DIR/site" RGD_REQUIRE_EXT=1 "$VPY" -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$DIR/suite.log" | tail -n 3
