@@ -51,7 +51,8 @@ def cuda_home() -> str:
 
 
 def extension_modules():
-    if cuda_buildable():
+    with_cuda = cuda_buildable()
+    if with_cuda:
         # Before importing cpp_extension, which reads CUDA_HOME once at import.
         os.environ["CUDA_HOME"] = cuda_home()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
@@ -70,7 +71,7 @@ def extension_modules():
             libraries=["gomp"],
         )
     ]
-    if cuda_buildable():
+    if with_cuda:
         modules.append(
             CUDAExtension(
                 "rgd_engine._C_cuda",
