@@ -34,7 +34,8 @@ def cuda_home() -> str:
 
     torch takes CUDA_HOME, else the folder above `which nvcc`'s bin/. Where nvcc on PATH is a wrapper script
     (e.g. /usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc) that guess is /usr/local, which has no CUDA
-    headers, and the build stops at its first CUDA object with `cuda_runtime.h: No such file`; so look for the headers.
+    headers, and the build stops at its first CUDA object with `cuda_runtime.h: No such file`; so look for the
+    headers.
     """
     set_by_user = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if set_by_user:

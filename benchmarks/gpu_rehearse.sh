@@ -2,9 +2,10 @@
 # Rehearse here, with no GPU, what benchmarks/gpu_check.sh meets on a lent machine, so its 15 minutes are not spent on
 # a build or import failure: a CPython 3.12 venv with the GPU image's versions (torch 2.11.0+cu130, triton 3.6,
 # transformers 5.17; /work/.library/device/KINDS.md), the wheels gpu_prepare.sh carries installed the way the device
-# installs them (a private folder first on PYTHONPATH), both extensions built with nvcc exactly as the device's build
-# step does (no CUDA_HOME), the CUDA binding's input checks called, gpu_check.sh --dry-run, and the whole CPU suite.
-# Needs nvcc and network (about 5 GB: torch's CUDA libraries); about 15 minutes on 2 cores.
+# installs them (a private folder first on PYTHONPATH), both extensions built with nvcc from setup.py's extension list
+# with no CUDA_HOME set, as on the device (here through `pip install -e .`, which the suite needs for rgd_eval), the
+# CUDA binding's input checks called, gpu_check.sh --dry-run, and the whole CPU suite.
+# Needs nvcc and network (about 5 GB: torch's CUDA libraries); 15 - 20 minutes on 2 cores.
 #
 #   benchmarks/gpu_prepare.sh && benchmarks/gpu_rehearse.sh [DIR]     (DIR: default /tmp/rgd-gpu-rehearsal)
 #
@@ -34,7 +35,7 @@ cd "$DIR/src"
 export PATH="$PATH:/usr/local/cuda/bin" TORCH_CUDA_ARCH_LIST="9.0" MAX_JOBS="${MAX_JOBS:-2}"
 unset CUDA_HOME CUDA_PATH
 
-echo "== build (both extensions, as gpu_check.sh's build step)"
+echo "== build (both extensions)"
 t0=$SECONDS
 "$VPY" -m pip install -q --no-deps --no-build-isolation -e . > "$DIR/build.log" 2>&1 \
   || { tail -n 30 "$DIR/build.log"; exit 1; }
@@ -60,4 +61,5 @@ PYTHON="$VPY" OUT="$DIR/out" bash benchmarks/gpu_check.sh --dry-run > "$DIR/dry_
 grep summary "$DIR/dry_run.log"
 
 echo "== the CPU suite"
-PYTHONPATH="$DIR/site" RGD_REQUIRE_EXT=1 "$VPY" -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$DIR/suite.log" | tail -n 3
+PYTHONPATH="$DIR/site" RGD_REQUIRE_EXT=1 "$VPY" -m pytest -q -p no:cacheprovider tests 2>&1 \
+  | tee "$DIR/suite.log" | tail -n 3
