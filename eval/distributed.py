@@ -21,7 +21,7 @@ Stages that a later stage reads (paraphrases, negatives, features, trees) end wi
 terminal stages (generation systems, `Stage.terminal`) do not: each rank computes its share of all of them and
 the ranks meet once (`merge`), after which rank 0 alone reads every chunk from the cache and runs the global
 steps (head fitting and policy accuracy are also rank 0's, broadcast to the others; statistics, results.json,
-report and plots are rank 0's only).
+report and plots are rank 0's only). Then every rank meets rank 0 once more (`finish`) before it exits.
 """
 from __future__ import annotations
 
@@ -212,6 +212,24 @@ class Workers:
         self._others_counts = every[1:]
         self.complete = True
         return True
+
+    def finish(self) -> None:
+        """torchrun, after a run that raised nothing: every rank waits here until rank 0 has written the outputs.
+
+        Why: a process that exits right after a gloo collective can abort (SIGABRT, "terminate called without an
+        active exception"). Gloo's worker thread may still hold that collective's tensors when the interpreter
+        starts to shut down, and releasing a tensor made in Python needs the GIL, which a finalizing interpreter
+        no longer grants (pytorch/pytorch#179291). Ranks > 0 used to exit right after `merge`: 2 aborts in 35 runs
+        of the two-launcher test's command, and torchrun then held the other launcher in its 300 s exit barrier.
+        A barrier carries no Python tensor, and the last collective that did (`merge`) has finished long before
+        rank 0 arrives here."""
+        if self.mode != "torchrun":
+            return
+        import torch.distributed as dist
+
+        dist.barrier()
+        if self.rank != 0:
+            log.info("rank 0 has written the outputs; leaving")
 
     def cache_counts(self, cache) -> dict:
         """Chunks computed and reused per stage, summed over every rank of the run."""

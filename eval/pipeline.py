@@ -469,7 +469,9 @@ def run(args) -> int:
     check_args(args)
     workers = Workers.start(args)
     try:
-        return run_study(args, workers, t0)
+        code = run_study(args, workers, t0)
+        workers.finish()
+        return code
     except ShardPending as e:
         print(f"rgd-eval: {e}")
         return 0

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,6 @@ ARGS = ["--dtype", "float32", "--users", "2", "--max-profile-pairs", "3", "--min
         "2", "--bon-block-size", "2"]
 VOLATILE = ("elapsed_s", "output_dir", "stage_seconds", "cache", "processes")
 TORCHRUN_TIMEOUT_S = 300
-# Two torchrun agents meet at torch elastic's exit barrier once their workers are done, and a known race there
-# (pytorch/pytorch#69520) can keep one agent waiting its hard-wired 300 s before it exits, still with status 0
-# (seen once in CI: the run finished in seconds, then its launcher outlived a 300 s limit). So the two-launcher test
-# gives its launchers that barrier's time on top of the run's own.
-EXIT_BARRIER_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +193,16 @@ def test_torchrun_two_ranks_equals_one_process(solo, tiny_model, tmp_path):
     n1 = rank1.count(" computed in ")
     assert 0 < n1 < len(files)  # rank 1 did a share, not everything
     assert proc.stdout.count(f"wrote {out / 'results.json'}") == 1  # by rank 0 alone
+    assert_left_after_rank0(out)
+
+
+def assert_left_after_rank0(out: Path, rank: int = 1):
+    """Rank `rank` exited only after rank 0 had written results.json (Workers.finish): its log's last line says
+    so, stamped no earlier than the file (asctime has ms resolution: 10 ms of slack)."""
+    last = (out / "logs" / f"rank-{rank}.log").read_text().splitlines()[-1]
+    assert last.endswith("rank 0 has written the outputs; leaving"), last
+    stamp = datetime.strptime(last[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    assert stamp >= (out / "results.json").stat().st_mtime - 0.01, (last, (out / "results.json").stat().st_mtime)
 
 
 def _free_port() -> int:
@@ -207,21 +213,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _communicate_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
-    """Every process's (stdout, stderr) under one deadline; past it, all are killed and the test fails with what
-    each one wrote (a hung launcher's output is the only clue to where it hung)."""
+def run_launchers(cmd: list[str], env: dict, n: int, logs: Path, timeout: float) -> list[tuple[str, str]]:
+    """Start n copies of a torchrun command at once; return each one's (stdout, stderr) once all have exited 0.
+
+    As soon as one exits with an error the others are killed: torch elastic would keep them in its 300 s exit
+    barrier waiting for the failed one. Then, or past `timeout`, the test fails with what each launcher wrote.
+    Output goes to files under `logs` (a pipe nobody reads while we poll could fill and block a launcher)."""
+    logs.mkdir()
+    files = [(logs / f"launcher-{i}.out", logs / f"launcher-{i}.err") for i in range(n)]
+    procs = []
+    for out, err in files:
+        with open(out, "w") as fo, open(err, "w") as fe:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, text=True))
     deadline = time.monotonic() + timeout
-    outs: list[tuple[str, str]] = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic())))
-    except subprocess.TimeoutExpired:
-        for p in procs:
+    while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    running = [p.poll() is None for p in procs]
+    for p in procs:
+        if p.poll() is None:
             p.kill()
-        outs += [p.communicate() for p in procs[len(outs):]]  # after a timeout, communicate() loses no output
-        pytest.fail(f"torchrun launchers still running after {timeout:.0f} s:\n" + "\n".join(
-            f"--- launcher {i}: returncode {p.returncode}\nstdout: {o[-1500:]}\nstderr: {e[-3000:]}"
-            for i, (p, (o, e)) in enumerate(zip(procs, outs))))
+        p.wait()
+    outs = [(out.read_text(), err.read_text()) for out, err in files]
+    if any(running) or any(p.returncode for p in procs):
+        why = "a launcher failed" if any(p.returncode and not r for p, r in zip(procs, running)) else \
+            f"launchers still running after {timeout:.0f} s"
+        pytest.fail(f"{why}:\n" + "\n".join(
+            f"--- launcher {i}: returncode {p.returncode}{' (killed)' if r else ''}\nstdout: {o[-1500:]}\n"
+            f"stderr: {e[-3000:]}" for i, (p, r, (o, e)) in enumerate(zip(procs, running, outs))))
     return outs
 
 
@@ -232,18 +250,14 @@ def test_two_nodes_with_c10d_rendezvous_equal_one_process(solo, tiny_model, tmp_
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
            "-m", "rgd_eval", "run", "--model", str(tiny_model), "--output-dir", str(out), *ARGS]
-    env = _worker_env(tmp_path)
-    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = _communicate_all(nodes, timeout=EXIT_BARRIER_S + 120)
-    for n, (_, err) in zip(nodes, outs):
-        assert n.returncode == 0, err[-3000:]
+    outs = run_launchers(cmd, _worker_env(tmp_path), 2, tmp_path / "launchers", timeout=TORCHRUN_TIMEOUT_S)
     assert comparable(out) == comparable(solo)
     res = json.loads((out / "results.json").read_text())["config"]
     assert res["processes"] == 2
     assert sum(res["cache"]["computed"].values()) == len(chunk_files(out))  # each chunk computed once
     assert (out / "logs" / "rank-1.log").read_text().count(" computed in ") > 0  # the second node did a share
     assert sum(o.count(f"wrote {out / 'results.json'}") for o, _ in outs) == 1  # by global rank 0 alone
+    assert_left_after_rank0(out)
 
 
 def test_shards_then_a_plain_run_equal_one_process(solo, tiny_model, tmp_path, capsys):
