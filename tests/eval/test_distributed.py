@@ -196,10 +196,10 @@ def test_torchrun_two_ranks_equals_one_process(solo, tiny_model, tmp_path):
     assert_left_after_rank0(out)
 
 
-def assert_left_after_rank0(out: Path, rank: int = 1):
-    """Rank `rank` exited only after rank 0 had written results.json (Workers.finish): its log's last line says
-    so, stamped no earlier than the file (asctime has ms resolution: 10 ms of slack)."""
-    last = (out / "logs" / f"rank-{rank}.log").read_text().splitlines()[-1]
+def assert_left_after_rank0(out: Path):
+    """Rank 1 exited only after rank 0 had written results.json (Workers.finish): its log's last line says so,
+    stamped no earlier than the file (asctime has ms resolution: 10 ms of slack)."""
+    last = (out / "logs" / "rank-1.log").read_text().splitlines()[-1]
     assert last.endswith("rank 0 has written the outputs; leaving"), last
     stamp = datetime.strptime(last[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
     assert stamp >= (out / "results.json").stat().st_mtime - 0.01, (last, (out / "results.json").stat().st_mtime)
@@ -226,7 +226,10 @@ def run_launchers(cmd: list[str], env: dict, n: int, logs: Path, timeout: float)
         with open(out, "w") as fo, open(err, "w") as fe:
             procs.append(subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, text=True))
     deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        codes = [p.poll() for p in procs]
+        if None not in codes or any(codes):  # all exited, or one failed
+            break
         time.sleep(0.2)
     running = [p.poll() is None for p in procs]
     for p in procs:
@@ -235,8 +238,8 @@ def run_launchers(cmd: list[str], env: dict, n: int, logs: Path, timeout: float)
         p.wait()
     outs = [(out.read_text(), err.read_text()) for out, err in files]
     if any(running) or any(p.returncode for p in procs):
-        why = "a launcher failed" if any(p.returncode and not r for p, r in zip(procs, running)) else \
-            f"launchers still running after {timeout:.0f} s"
+        failed = any(p.returncode for p, r in zip(procs, running) if not r)
+        why = "a launcher failed" if failed else f"launchers still running after {timeout:.0f} s"
         pytest.fail(f"{why}:\n" + "\n".join(
             f"--- launcher {i}: returncode {p.returncode}{' (killed)' if r else ''}\nstdout: {o[-1500:]}\n"
             f"stderr: {e[-3000:]}" for i, (p, r, (o, e)) in enumerate(zip(procs, running, outs))))
