@@ -47,8 +47,8 @@ def cuda_home() -> str:
         if (home / "include" / "cuda_runtime.h").is_file():
             return str(home)
     raise RuntimeError(
-        f"nvcc is on PATH ({nvcc}) but no CUDA toolkit with include/cuda_runtime.h was found in "
-        f"{', '.join(map(str, candidates))}: set CUDA_HOME to the toolkit's folder")
+        f"no CUDA toolkit with include/cuda_runtime.h in {', '.join(map(str, candidates))} "
+        f"(nvcc on PATH: {nvcc or 'none'}): set CUDA_HOME to the toolkit's folder")
 
 
 def extension_modules():
